@@ -1,0 +1,1 @@
+"""DualSpeed reproduction harness."""

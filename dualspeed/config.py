@@ -1,0 +1,245 @@
+"""Typed run configuration: defaults < YAML file < `--set key.path=value` overrides.
+
+Unknown keys and ill-typed values are errors that name the key path, raised before any model or
+data is touched.
+"""
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    pass
+
+
+@dataclass
+class TinyModelConfig:
+    """Sizes of the tiny LLaVA built from config (CPU-friendly)."""
+
+    image_size: int = 32
+    patch_size: int = 4
+    vision_hidden: int = 64
+    vision_layers: int = 2
+    vision_heads: int = 4
+    llm_hidden: int = 128
+    llm_layers: int = 2
+    llm_heads: int = 4
+    llm_intermediate: int = 256
+    max_positions: int = 512
+
+
+@dataclass
+class ModelConfig:
+    # tiny: build from `tiny` sizes with the tokenizer at `tokenizer`;
+    # llava: load a llava-hf layout checkpoint from `path` (local dir or hub id);
+    # compose: LLM `llm` + CLIP `vision_tower` + a fresh projector (pretraining from scratch).
+    source: str = "llava"
+    path: str = ""
+    llm: str = ""
+    vision_tower: str = ""
+    tokenizer: str = ""
+    vision_feature_layer: int = -2
+    reinit_projector: bool = False
+    tiny: TinyModelConfig = field(default_factory=TinyModelConfig)
+
+
+@dataclass
+class DataConfig:
+    json: str = ""
+    image_folder: str = ""
+    template: str = "vicuna_v1"  # vicuna_v1 (SFT) | plain (caption pretraining, as LLaVA)
+    max_length: int = 2048
+
+
+@dataclass
+class LoraSettings:
+    r: int = 128
+    alpha: int = 256
+    dropout: float = 0.05
+    target_modules: list = field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    )
+
+
+@dataclass
+class TrainConfig:
+    stage: str = "sft"  # warmup | pretrain | sft
+    llm: str = "lora"  # frozen | lora | full
+    train_vision_tower: bool = False
+    lora: LoraSettings = field(default_factory=LoraSettings)
+    lr: float = 2e-4  # LLM (LoRA or full) learning rate
+    projector_lr: float = 2e-5
+    isolator_lr: float = 2e-5
+    vision_lr: float = 2e-5
+    weight_decay: float = 0.0
+    warmup_ratio: float = 0.03
+    scheduler: str = "cosine"
+    epochs: float = 1.0
+    max_steps: int = -1
+    batch_size: int = 16
+    grad_accum: int = 1
+    seed: int = 0
+    bf16: bool = False
+    tf32: bool = False
+    deepspeed: str = ""
+    gradient_checkpointing: bool = False
+    save_steps: int = 500
+    save_total_limit: int = 2
+    logging_steps: int = 10
+    dataloader_workers: int = 0
+    resume: str = ""  # "", "auto" (latest checkpoint in output_dir) or a checkpoint path
+
+
+@dataclass
+class FastSlowConfig:
+    prune: bool = True  # False = baseline behaviour in this stage (never prune)
+    method: str = "divprune"
+    ratio: float = 0.9  # p: fraction of visual tokens dropped in fast mode
+    slow_prob: float = 0.1  # r: probability of a slow (full-sequence) step; 0 = always fast
+    isolator: bool = True
+    isolator_len: int = 4
+    distill: bool = True
+    tau: float = 1.0
+    lam: float = 1.0
+
+
+@dataclass
+class RunConfig:
+    output_dir: str = ""
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    fastslow: FastSlowConfig = field(default_factory=FastSlowConfig)
+
+    def validate(self) -> "RunConfig":
+        from . import vtp
+
+        checks = [
+            (self.output_dir != "", "output_dir", "must be set"),
+            (self.model.source in ("tiny", "llava", "compose"), "model.source", "must be tiny, llava or compose"),
+            (self.data.template in ("vicuna_v1", "plain"), "data.template", "must be vicuna_v1 or plain"),
+            (self.train.stage in ("warmup", "pretrain", "sft"), "train.stage", "must be warmup, pretrain or sft"),
+            (self.train.llm in ("frozen", "lora", "full"), "train.llm", "must be frozen, lora or full"),
+            (0.0 <= self.fastslow.ratio < 1.0, "fastslow.ratio", "p must be in [0, 1)"),
+            (0.0 <= self.fastslow.slow_prob <= 1.0, "fastslow.slow_prob", "r must be in [0, 1]"),
+            (self.fastslow.isolator_len >= 1, "fastslow.isolator_len", "must be >= 1"),
+            (self.fastslow.tau > 0, "fastslow.tau", "must be > 0"),
+            (self.train.batch_size >= 1 and self.train.grad_accum >= 1, "train.batch_size", "batch and accumulation must be >= 1"),
+            (self.train.epochs > 0 or self.train.max_steps > 0, "train.epochs", "set epochs > 0 or max_steps > 0"),
+        ]
+        for ok, key, why in checks:
+            if not ok:
+                raise ConfigError(f"config key '{key}' {why} (got {_get(self, key)!r})")
+        if self.model.source == "tiny" and not self.model.tokenizer:
+            raise ConfigError("config key 'model.tokenizer' must name the offline-built tokenizer dir when model.source=tiny")
+        if self.model.source == "llava" and not self.model.path:
+            raise ConfigError("config key 'model.path' must name a llava-hf checkpoint when model.source=llava")
+        if self.model.source == "compose" and not (self.model.llm and self.model.vision_tower):
+            raise ConfigError("config keys 'model.llm' and 'model.vision_tower' are required when model.source=compose")
+        if self.fastslow.prune and self.fastslow.method not in vtp.available():
+            raise ConfigError(
+                f"config key 'fastslow.method' is '{self.fastslow.method}', not a known VTP method: {', '.join(vtp.available())}"
+            )
+        if self.train.stage in ("warmup", "pretrain") and self.fastslow.prune and self.fastslow.slow_prob > 0:
+            raise ConfigError("config key 'fastslow.slow_prob' must be 0 in the pretraining stage: it is fast mode only")
+        return self
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _get(obj, dotted: str):
+    for part in dotted.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def _coerce(value: Any, typ: Any, key: str) -> Any:
+    if typ is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false"):
+            return value.lower() == "true"
+        raise ConfigError(f"config key '{key}' must be true or false, got {value!r}")
+    if typ is int:
+        if isinstance(value, bool) or not isinstance(value, (int, str)):
+            raise ConfigError(f"config key '{key}' must be an integer, got {value!r}")
+        try:
+            return int(value)
+        except ValueError:
+            raise ConfigError(f"config key '{key}' must be an integer, got {value!r}") from None
+    if typ is float:
+        if isinstance(value, bool):
+            raise ConfigError(f"config key '{key}' must be a number, got {value!r}")
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"config key '{key}' must be a number, got {value!r}") from None
+    if typ is str:
+        if not isinstance(value, (str, int, float)) or isinstance(value, bool):
+            raise ConfigError(f"config key '{key}' must be a string, got {value!r}")
+        return str(value)
+    if typ is list:
+        if isinstance(value, str):
+            value = [v for v in value.split(",") if v]
+        if not isinstance(value, list):
+            raise ConfigError(f"config key '{key}' must be a list, got {value!r}")
+        return value
+    raise ConfigError(f"config key '{key}': unsupported type {typ}")
+
+
+def _merge(obj, data: dict, prefix: str = ""):
+    hints = typing.get_type_hints(type(obj))
+    names = {f.name for f in dataclasses.fields(obj)}
+    for key, value in data.items():
+        path = f"{prefix}{key}"
+        if key not in names:
+            raise ConfigError(f"unknown config key '{path}'; known keys here: {', '.join(sorted(names))}")
+        typ = hints[key]
+        if dataclasses.is_dataclass(typ):
+            if not isinstance(value, dict):
+                raise ConfigError(f"config key '{path}' must be a mapping, got {value!r}")
+            _merge(getattr(obj, key), value, path + ".")
+        else:
+            setattr(obj, key, _coerce(value, typ, path))
+
+
+def _set_dotted(data: dict, dotted: str, value: str):
+    parts = dotted.split(".")
+    cur = data
+    for p in parts[:-1]:
+        cur = cur.setdefault(p, {})
+    cur[parts[-1]] = value
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None, base: dict | None = None) -> RunConfig:
+    """Build a validated RunConfig from defaults, an optional YAML file, and `a.b=c` overrides."""
+    cfg = RunConfig()
+    if base:
+        _merge(cfg, base)
+    if path:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file {path} does not exist")
+        data = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(data, dict):
+            raise ConfigError(f"config file {path} must hold a mapping at the top level")
+        _merge(cfg, data)
+    extra: dict = {}
+    for item in overrides or []:
+        if "=" not in item:
+            raise ConfigError(f"override '{item}' must look like key.path=value")
+        key, value = item.split("=", 1)
+        _set_dotted(extra, key.strip(), value)
+    _merge(cfg, extra)
+    return cfg.validate()
+
+
+def dump_config(cfg: RunConfig, path: str | Path) -> None:
+    Path(path).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))

@@ -1,0 +1,151 @@
+"""LLaVA-format conversations: validation, prompt templates, tokenisation with answer-only labels, collation."""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from PIL import Image
+from torch.utils.data import Dataset
+
+IMAGE_TOKEN = "<image>"
+SYSTEM_PROMPT = ("A chat between a curious human and an artificial intelligence assistant. "
+                 "The assistant gives helpful, detailed, and polite answers to the human's questions.")
+IGNORE = -100
+
+
+class DataError(ValueError):
+    pass
+
+
+def validate_samples(rows, json_path: Path, image_folder: Path) -> None:
+    """Fail before training on the first malformed sample, naming the file and the sample."""
+    if not isinstance(rows, list):
+        raise DataError(f"{json_path}: expected a JSON list of samples, got {type(rows).__name__}")
+    for i, s in enumerate(rows):
+        sid = s.get("id", "?") if isinstance(s, dict) else "?"
+        where = f"{json_path}: sample #{i} (id={sid})"
+        if not isinstance(s, dict):
+            raise DataError(f"{where}: expected an object, got {type(s).__name__}")
+        conv = s.get("conversations")
+        if not isinstance(conv, list) or len(conv) < 2 or len(conv) % 2:
+            raise DataError(f"{where}: 'conversations' must be a list of human/gpt turn pairs")
+        for t, turn in enumerate(conv):
+            want = "human" if t % 2 == 0 else "gpt"
+            if not isinstance(turn, dict) or turn.get("from") != want or not isinstance(turn.get("value"), str):
+                raise DataError(f"{where}: turn {t} must be {{'from': '{want}', 'value': <str>}}, got {turn!r}")
+        n_img = sum(turn["value"].count(IMAGE_TOKEN) for turn in conv)
+        if "image" in s:
+            if n_img != 1:
+                raise DataError(f"{where}: has an image but {n_img} {IMAGE_TOKEN} placeholders (need exactly 1)")
+            if not (image_folder / s["image"]).is_file():
+                raise DataError(f"{where}: image '{s['image']}' not found under {image_folder}")
+        elif n_img:
+            raise DataError(f"{where}: text has {IMAGE_TOKEN} but the sample has no 'image'")
+
+
+def load_samples(json_path: str | Path, image_folder: str | Path) -> list[dict]:
+    json_path, image_folder = Path(json_path), Path(image_folder)
+    if not json_path.is_file():
+        raise DataError(f"data file {json_path} does not exist")
+    try:
+        rows = json.loads(json_path.read_text())
+    except json.JSONDecodeError as e:
+        raise DataError(f"{json_path}: not valid JSON ({e})") from None
+    validate_samples(rows, json_path, image_folder)
+    return rows
+
+
+def _encode(tokenizer, text: str) -> list[int]:
+    """Tokenise text, mapping each <image> to the image token id whatever the tokenizer does with it."""
+    image_id = tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
+    ids: list[int] = []
+    for j, piece in enumerate(text.split(IMAGE_TOKEN)):
+        if j:
+            ids.append(image_id)
+        if piece.strip():
+            ids += tokenizer(piece, add_special_tokens=False).input_ids
+    return ids
+
+
+def build_prompt(tokenizer, conversations: list[dict], template: str, for_generation: bool = False):
+    """-> (input_ids, labels) with labels set on answer tokens (and their end token) only.
+
+    vicuna_v1: "<system> USER: <q> ASSISTANT: <a></s>USER: ..." (LLaVA-1.5's SFT template)
+    plain:     "<image><caption></s>" (LLaVA's pretraining template: the human text is dropped)
+    for_generation: drop the last answer and end on the assistant cue.
+    """
+    ids = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
+    labels = [IGNORE] * len(ids)
+    eos = tokenizer.eos_token_id
+    turns = conversations[:-1] if for_generation else conversations
+    if template == "plain":
+        prompt = _encode(tokenizer, IMAGE_TOKEN if IMAGE_TOKEN in conversations[0]["value"] else "")
+        ids += prompt
+        labels += [IGNORE] * len(prompt)
+        if not for_generation:
+            ans = _encode(tokenizer, conversations[1]["value"]) + [eos]
+            ids += ans
+            labels += ans
+        return ids, labels
+    if template != "vicuna_v1":
+        raise ValueError(f"unknown template {template!r}")
+    for t in range(0, len(turns), 2):
+        head = (SYSTEM_PROMPT + " " if t == 0 else "") + "USER: " + turns[t]["value"] + " ASSISTANT:"
+        p = _encode(tokenizer, head)
+        ids += p
+        labels += [IGNORE] * len(p)
+        if t + 1 < len(turns):
+            a = _encode(tokenizer, " " + turns[t + 1]["value"]) + [eos]
+            ids += a
+            labels += a
+    return ids, labels
+
+
+def load_image(path: Path, processor) -> torch.Tensor:
+    with Image.open(path) as im:
+        return processor(images=im.convert("RGB"), return_tensors="pt")["pixel_values"][0]  # [3, H, W]
+
+
+class LlavaDataset(Dataset):
+    def __init__(self, json_path, image_folder, tokenizer, processor, template="vicuna_v1", max_length=2048):
+        self.rows = load_samples(json_path, image_folder)
+        self.image_folder = Path(image_folder)
+        self.tokenizer, self.processor = tokenizer, processor
+        self.template, self.max_length = template, max_length
+
+    def __len__(self):
+        return len(self.rows)
+
+    def __getitem__(self, i):
+        s = self.rows[i]
+        ids, labels = build_prompt(self.tokenizer, s["conversations"], self.template)
+        ids, labels = ids[: self.max_length], labels[: self.max_length]
+        item = {"input_ids": torch.tensor(ids), "labels": torch.tensor(labels)}
+        if "image" in s:
+            item["pixel_values"] = load_image(self.image_folder / s["image"], self.processor)
+        return item
+
+
+@dataclass
+class Collator:
+    pad_token_id: int
+    pad_left: bool = False  # left padding for generation
+
+    def __call__(self, items: list[dict]) -> dict:
+        n = max(len(it["input_ids"]) for it in items)
+        ids = torch.full((len(items), n), self.pad_token_id, dtype=torch.long)
+        labels = torch.full((len(items), n), IGNORE, dtype=torch.long)
+        mask = torch.zeros((len(items), n), dtype=torch.long)
+        for b, it in enumerate(items):
+            L = len(it["input_ids"])
+            sl = slice(n - L, n) if self.pad_left else slice(0, L)
+            ids[b, sl], mask[b, sl] = it["input_ids"], 1
+            if "labels" in it:
+                labels[b, sl] = it["labels"]
+        has_image = torch.tensor(["pixel_values" in it for it in items])
+        pix = [it["pixel_values"] for it in items if "pixel_values" in it]
+        out = {"input_ids": ids, "attention_mask": mask, "labels": labels, "has_image": has_image,
+               "pixel_values": torch.stack(pix) if pix else None}
+        return out

@@ -1,0 +1,55 @@
+"""Exact-match accuracy of a checkpoint on the synthetic held-out sets (no lmms-eval needed).
+
+    python -m dualspeed.evaluate --ckpt runs/x/sft/hf --data resources/synth --mode normal
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import re
+from pathlib import Path
+
+from tqdm import tqdm
+
+from .infer import MODES, Predictor, Query
+from .synth import TASKS
+
+
+def normalize(text: str) -> str:
+    return re.sub(r"[^a-z0-9 ]", "", text.lower()).strip()
+
+
+def evaluate(ckpt, data_dir, tasks=TASKS, mode="normal", limit=None, **kw) -> dict:
+    data_dir = Path(data_dir)
+    pred = Predictor(ckpt, mode=mode, **kw)
+    scores = {}
+    for task in tasks:
+        path = data_dir / f"eval_{task}.json"
+        if not path.is_file():
+            raise FileNotFoundError(f"no held-out set {path}; known tasks: {', '.join(TASKS)}")
+        rows = json.loads(path.read_text())[:limit]
+        with tqdm(total=len(rows), desc=f"{task} ({mode})", unit="q") as bar:
+            answers = pred.predict([Query(r["question"], data_dir / r["image"]) for r in rows], progress=bar)
+        scores[task] = 100.0 * sum(normalize(a) == normalize(r["answer"]) for a, r in zip(answers, rows)) / len(rows)
+    return {"scores": scores, "mean": sum(scores.values()) / len(scores), **pred.summary()}
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--ckpt", required=True)
+    ap.add_argument("--data", required=True)
+    ap.add_argument("--mode", default="normal", choices=sorted(MODES))
+    ap.add_argument("--tasks", default=",".join(TASKS))
+    ap.add_argument("--limit", type=int)
+    ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--out")
+    a = ap.parse_args(argv)
+    res = evaluate(a.ckpt, a.data, a.tasks.split(","), a.mode, a.limit, batch_size=a.batch_size)
+    text = json.dumps(res, indent=2)
+    if a.out:
+        Path(a.out).write_text(text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,73 @@
+"""Fast-slow training pieces: the mode schedule, the mode isolator and the self-distillation loss."""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+FAST, SLOW = "fast", "slow"
+
+
+@dataclass(frozen=True)
+class ModeSchedule:
+    """Slow mode with probability r, as a pure function of (seed, step).
+
+    The published code drew the mode with an unsynchronised random.random() per process, so DDP
+    ranks could disagree and deadlock or mix modes. Hashing (seed, step) gives every rank, and a
+    resumed run, the same sequence without any shared state.
+    """
+
+    slow_prob: float
+    seed: int = 0
+
+    def __post_init__(self):
+        if not 0.0 <= self.slow_prob <= 1.0:
+            raise ValueError(f"slow-mode probability r must be in [0, 1], got {self.slow_prob}")
+
+    def uniform(self, step: int) -> float:
+        digest = hashlib.blake2b(f"{self.seed}:{step}".encode(), digest_size=8).digest()
+        return int.from_bytes(digest, "little") / 2**64
+
+    def mode(self, step: int) -> str:
+        return SLOW if self.uniform(step) < self.slow_prob else FAST
+
+
+class ModeIsolator(nn.Module):
+    """A learnable soft prompt M in R^{l x d}, prepended to the pruned visual tokens in fast mode."""
+
+    def __init__(self, length: int, dim: int, init_std: float = 0.02):
+        super().__init__()
+        if length < 1:
+            raise ValueError(f"isolator length must be >= 1, got {length}")
+        self.prompt = nn.Parameter(torch.randn(length, dim) * init_std)
+
+    def forward(self, visual: torch.Tensor) -> torch.Tensor:
+        # visual: [B, k, D] -> [B, l + k, D]
+        prefix = self.prompt.to(visual.dtype).unsqueeze(0).expand(visual.shape[0], -1, -1)
+        return torch.cat([prefix, visual], dim=1)
+
+
+def answer_logits(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Logits at the positions that predict a supervised token, in sequence order.
+
+    logits: [B, T, V], labels: [B, T] (-100 = ignored) -> [M, V]. Fast and slow sequences differ in
+    length but carry the same answer tokens in the same order, so this aligns teacher and student.
+    """
+    predicts = labels[:, 1:] != -100  # position t predicts label t+1
+    return logits[:, :-1][predicts]
+
+
+def distill_kl(student: torch.Tensor, teacher: torch.Tensor, tau: float = 1.0) -> torch.Tensor:
+    """KL(softmax(teacher/tau) || softmax(student/tau)), mean over answer positions. [M, V] each."""
+    if student.shape != teacher.shape:
+        raise ValueError(
+            f"teacher and student disagree on the answer positions: {tuple(teacher.shape)} vs {tuple(student.shape)}"
+        )
+    if student.numel() == 0:
+        return student.sum() * 0.0
+    log_p_s = F.log_softmax(student.float() / tau, dim=-1)
+    log_p_t = F.log_softmax(teacher.float() / tau, dim=-1)
+    return F.kl_div(log_p_s, log_p_t, log_target=True, reduction="batchmean")

@@ -1,0 +1,83 @@
+"""Batched greedy inference on an exported checkpoint, in normal or pruned mode."""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from PIL import Image
+
+from .data import IMAGE_TOKEN, build_prompt
+from .model import Prune, load_exported
+
+# inference mode -> (prune visual tokens, prepend the isolator)
+MODES = {"normal": (False, False), "pruned": (True, True), "pruned_noiso": (True, False)}
+
+
+@dataclass
+class Query:
+    question: str
+    image: Image.Image | str | Path | None = None
+
+
+class Predictor:
+    def __init__(self, ckpt: str | Path, mode: str = "normal", method: str | None = None, ratio: float | None = None,
+                 batch_size: int = 16, device: str = "cpu", dtype: str = "float32", max_new_tokens: int = 16):
+        if mode not in MODES:
+            raise ValueError(f"unknown inference mode '{mode}'; choose one of {', '.join(MODES)}")
+        torch_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
+        self.model, self.tokenizer, self.processor, self.meta = load_exported(ckpt, torch_dtype, device)
+        fs = self.meta.get("fastslow", {})
+        do_prune, self.isolator = MODES[mode]
+        self.prune = None
+        if do_prune:
+            # default to what the run was trained with; explicit arguments override
+            method = method or fs.get("method") or "divprune"
+            ratio = ratio if ratio is not None else fs.get("ratio", 0.9)
+            self.prune = Prune(method, float(ratio))
+        self.mode, self.batch_size, self.device, self.dtype = mode, batch_size, device, torch_dtype
+        self.max_new_tokens = max_new_tokens
+        self.stats = {"samples": 0, "seconds": 0.0, "visual_tokens": 0, "images": 0}
+
+    def _encode(self, q: Query):
+        text = (IMAGE_TOKEN + "\n" if q.image is not None else "") + q.question
+        conv = [{"from": "human", "value": text}, {"from": "gpt", "value": ""}]
+        ids, _ = build_prompt(self.tokenizer, conv, "vicuna_v1", for_generation=True)
+        pix = None
+        if q.image is not None:
+            im = q.image if isinstance(q.image, Image.Image) else Image.open(q.image)
+            pix = self.processor(images=im.convert("RGB"), return_tensors="pt")["pixel_values"][0]
+        return ids, pix
+
+    @torch.no_grad()
+    def predict(self, queries: list[Query], progress=None) -> list[str]:
+        answers: list[str] = []
+        for start in range(0, len(queries), self.batch_size):
+            batch = [self._encode(q) for q in queries[start:start + self.batch_size]]
+            t0 = time.perf_counter()
+            n = max(len(ids) for ids, _ in batch)
+            pad = self.tokenizer.pad_token_id
+            input_ids = torch.tensor([[pad] * (n - len(ids)) + ids for ids, _ in batch], device=self.device)
+            mask = torch.tensor([[0] * (n - len(ids)) + [1] * len(ids) for ids, _ in batch], device=self.device)
+            has_image = torch.tensor([p is not None for _, p in batch], device=self.device)
+            pix = [p for _, p in batch if p is not None]
+            pixel_values = torch.stack(pix).to(self.device, self.dtype) if pix else None
+            out, per_image = self.model.generate(input_ids, mask, pixel_values, has_image, prune=self.prune,
+                                                 isolator=self.isolator, max_new_tokens=self.max_new_tokens,
+                                                 eos_token_id=self.tokenizer.eos_token_id, pad_token_id=pad)
+            answers += [self.tokenizer.decode(o, skip_special_tokens=True).strip() for o in out]
+            self.stats["seconds"] += time.perf_counter() - t0
+            self.stats["samples"] += len(batch)
+            self.stats["images"] += len(pix)
+            self.stats["visual_tokens"] += per_image * len(pix)
+            if progress is not None:
+                progress.update(len(batch))
+        return answers
+
+    def summary(self) -> dict:
+        s = self.stats
+        return {"samples": s["samples"], "samples_per_s": s["samples"] / s["seconds"] if s["seconds"] else None,
+                "visual_tokens_per_sample": s["visual_tokens"] / s["images"] if s["images"] else 0.0,
+                "mode": self.mode, "vtp_method": self.prune.method if self.prune else None,
+                "prune_ratio": self.prune.ratio if self.prune else None, "isolator": self.isolator}

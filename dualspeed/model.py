@@ -1,0 +1,352 @@
+"""LLaVA with a pruning hook: features -> projector -> VTP -> isolator -> splice -> LLM.
+
+The container is transformers' LlavaForConditionalGeneration, so every exported checkpoint is an
+ordinary llava-hf directory. What DualSpeed adds (the isolator, the pruning settings) lives in
+`DualSpeedLlava` beside it and is saved next to the llava-hf files.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    CLIPImageProcessor,
+    CLIPVisionConfig,
+    CLIPVisionModel,
+    LlamaConfig,
+    LlavaConfig,
+    LlavaForConditionalGeneration,
+)
+
+from . import vtp
+from .config import ModelConfig, TinyModelConfig
+from .fastslow import ModeIsolator, answer_logits
+
+log = logging.getLogger(__name__)
+
+IMAGE_TOKEN = "<image>"
+EXTRA_FILE = "dualspeed_extra.safetensors"  # isolator (and anything else outside the llava-hf layout)
+META_FILE = "dualspeed.json"
+
+
+@dataclass
+class Prune:
+    """How fast mode prunes: a VTP plugin and its ratio p."""
+
+    method: str
+    ratio: float
+
+    def __post_init__(self):
+        self.plugin = vtp.get(self.method)
+
+
+@dataclass
+class Forward:
+    answer_logits: torch.Tensor  # [M, V] logits at the positions that predict an answer token
+    targets: torch.Tensor  # [M] the answer tokens
+    visual_tokens: int  # visual tokens fed to the LLM in this batch (isolator included)
+    logits: torch.Tensor | None = None  # [B, T, V] when asked for
+    labels: torch.Tensor | None = None  # [B, T] spliced labels when logits are asked for
+
+    @property
+    def ce(self) -> torch.Tensor:
+        if self.targets.numel() == 0:
+            return self.answer_logits.sum() * 0.0
+        return nn.functional.cross_entropy(self.answer_logits.float(), self.targets)
+
+
+class DualSpeedLlava(nn.Module):
+    def __init__(self, llava: LlavaForConditionalGeneration, isolator_len: int = 4, vision_feature_layer: int | None = None):
+        super().__init__()
+        self.llava = llava
+        self.config = llava.config
+        self.image_token_id = llava.config.image_token_index
+        self.vision_feature_layer = (
+            vision_feature_layer if vision_feature_layer is not None else llava.config.vision_feature_layer
+        )
+        self.isolator = ModeIsolator(isolator_len, llava.config.text_config.hidden_size)
+        self.train_vision = False
+
+    # -- pieces -------------------------------------------------------------------------------
+    @property
+    def language_model(self) -> nn.Module:
+        return self.llava.model.language_model
+
+    def embed_tokens(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.llava.get_input_embeddings()(ids)
+
+    def encode_images(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """[B_img, 3, H, W] -> projected features [B_img, N, D]."""
+        tower = self.llava.model.vision_tower
+        grad = torch.enable_grad() if (self.train_vision and self.training) else torch.no_grad()
+        with grad:
+            out = tower(pixel_values.to(tower.dtype), output_hidden_states=True)
+            feats = out.hidden_states[self.vision_feature_layer]
+            if self.config.vision_feature_select_strategy == "default":
+                feats = feats[:, 1:]  # drop CLS
+        return self.llava.model.multi_modal_projector(feats)  # [B_img, N, D]
+
+    def visual_sequence(self, feats: torch.Tensor, prune: Prune | None, isolator: bool,
+                        ctx: vtp.VTPContext | None = None) -> torch.Tensor:
+        """Projected features [B_img, N, D] -> the visual tokens fed to the LLM [B_img, V, D]."""
+        if prune is not None:
+            k = vtp.keep_count(feats.shape[1], prune.ratio)
+            idx = prune.plugin(feats.detach(), k, ctx)  # [B_img, k], ascending
+            feats = feats.gather(1, idx.unsqueeze(-1).expand(-1, -1, feats.shape[-1]))  # [B_img, k, D]
+        if isolator:
+            feats = self.isolator(feats)  # [B_img, l + k, D]
+        return feats
+
+    def splice(self, input_ids, attention_mask, labels, visual, has_image, pad_left: bool = False):
+        """Replace each sample's single <image> placeholder by its visual tokens, then re-pad.
+
+        input_ids/attention_mask/labels: [B, T] right-padded; visual: [B_img, V, D] in the order of
+        the samples that have an image. Returns embeds [B, T'], mask [B, T'], labels [B, T'].
+        """
+        emb = self.embed_tokens(input_ids)
+        seqs, labs = [], []
+        img = 0
+        for b in range(input_ids.shape[0]):
+            n = int(attention_mask[b].sum())
+            ids, e, lab = input_ids[b, :n], emb[b, :n], labels[b, :n]
+            where = (ids == self.image_token_id).nonzero().flatten()
+            if bool(has_image[b]):
+                if where.numel() != 1:
+                    raise ValueError(f"sample {b} has an image but {where.numel()} {IMAGE_TOKEN} placeholders (need 1)")
+                p = int(where[0])
+                v = visual[img]
+                img += 1
+                e = torch.cat([e[:p], v.to(e.dtype), e[p + 1:]])
+                lab = torch.cat([lab[:p], lab.new_full((v.shape[0],), -100), lab[p + 1:]])
+            elif where.numel():
+                raise ValueError(f"sample {b} has {IMAGE_TOKEN} in its text but no image")
+            seqs.append(e)
+            labs.append(lab)
+        length = max(s.shape[0] for s in seqs)
+        d = emb.shape[-1]
+        out = emb.new_zeros(len(seqs), length, d)
+        mask = attention_mask.new_zeros(len(seqs), length)
+        lab_out = labels.new_full((len(seqs), length), -100)
+        for b, (s, lab) in enumerate(zip(seqs, labs)):
+            sl = slice(length - s.shape[0], length) if pad_left else slice(0, s.shape[0])
+            out[b, sl], mask[b, sl], lab_out[b, sl] = s, 1, lab
+        return out, mask, lab_out
+
+    def text_context(self, input_ids, attention_mask, labels, has_image) -> vtp.VTPContext:
+        """Instruction embeddings of the image samples, for plugins that rank tokens by the question."""
+        sel = has_image.bool()
+        ids, mask = input_ids[sel], attention_mask[sel].bool() & (labels[sel] == -100)
+        mask &= ids != self.image_token_id
+        return vtp.VTPContext(text_embeds=self.embed_tokens(ids), text_mask=mask)
+
+    # -- forward ------------------------------------------------------------------------------
+    def forward(self, input_ids, attention_mask, labels, pixel_values=None, has_image=None,
+                prune: Prune | None = None, isolator: bool = False, return_logits: bool = False) -> Forward:
+        if has_image is None:
+            has_image = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+        visual, n_visual = None, 0
+        if pixel_values is not None and pixel_values.shape[0] > 0:
+            feats = self.encode_images(pixel_values)
+            ctx = None
+            if prune is not None and prune.plugin.needs_text:
+                ctx = self.text_context(input_ids, attention_mask, labels, has_image)
+            visual = self.visual_sequence(feats, prune, isolator, ctx)
+            n_visual = visual.shape[0] * visual.shape[1]
+        embeds, mask, labs = self.splice(input_ids, attention_mask, labels, visual, has_image)
+        hidden = self.language_model(inputs_embeds=embeds, attention_mask=mask, use_cache=False).last_hidden_state
+        lm_head = self.llava.lm_head
+        # Only answer positions need the vocabulary projection: most of the sequence is visual
+        # tokens and prompt, and [B, T, V] logits would dominate memory at 7B scale.
+        ans_hidden = answer_logits(hidden, labs)
+        targets = labs[:, 1:][labs[:, 1:] != -100]
+        fwd = Forward(lm_head(ans_hidden), targets, n_visual)
+        if return_logits:
+            fwd.logits, fwd.labels = lm_head(hidden), labs
+        return fwd
+
+    @torch.no_grad()
+    def generate(self, input_ids, attention_mask, pixel_values=None, has_image=None, prune: Prune | None = None,
+                 isolator: bool = False, max_new_tokens: int = 16, eos_token_id=None, pad_token_id=None):
+        """Greedy decoding of a left-padded batch; returns (new token ids [B, <=max_new_tokens], visual tokens per image)."""
+        labels = torch.full_like(input_ids, -100)
+        if has_image is None:
+            has_image = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+        visual, per_image = None, 0
+        if pixel_values is not None and pixel_values.shape[0] > 0:
+            feats = self.encode_images(pixel_values)
+            ctx = self.text_context(input_ids, attention_mask, labels, has_image) if (prune and prune.plugin.needs_text) else None
+            visual = self.visual_sequence(feats, prune, isolator, ctx)
+            per_image = visual.shape[1]
+        # splice expects right padding: move each row's tokens to the front first
+        ids, mask = _left_to_right(input_ids, attention_mask)
+        embeds, mask, _ = self.splice(ids, mask, labels, visual, has_image, pad_left=True)
+        out = self.llava.generate(inputs_embeds=embeds, attention_mask=mask, max_new_tokens=max_new_tokens,
+                                  do_sample=False, eos_token_id=eos_token_id, pad_token_id=pad_token_id)
+        return out, per_image
+
+
+def _left_to_right(ids: torch.Tensor, mask: torch.Tensor):
+    order = torch.argsort((mask == 0).to(torch.int8), dim=1, stable=True)  # real tokens first, order kept
+    return ids.gather(1, order), mask.gather(1, order)
+
+
+# -- building and loading ---------------------------------------------------------------------
+def tiny_image_processor(size: int) -> CLIPImageProcessor:
+    return CLIPImageProcessor(size={"shortest_edge": size}, crop_size={"height": size, "width": size},
+                              do_resize=True, do_center_crop=True)
+
+
+def build_tiny(cfg: TinyModelConfig, tokenizer, seed: int = 0) -> LlavaForConditionalGeneration:
+    """A tiny CLIP + tiny Llama LLaVA with random weights, reproducible without touching global RNG."""
+    if cfg.image_size % cfg.patch_size:
+        raise ValueError(f"tiny.image_size {cfg.image_size} must be a multiple of tiny.patch_size {cfg.patch_size}")
+    image_id = tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
+    vision = CLIPVisionConfig(hidden_size=cfg.vision_hidden, intermediate_size=4 * cfg.vision_hidden,
+                              num_hidden_layers=cfg.vision_layers, num_attention_heads=cfg.vision_heads,
+                              image_size=cfg.image_size, patch_size=cfg.patch_size, projection_dim=cfg.vision_hidden)
+    text = LlamaConfig(vocab_size=len(tokenizer), hidden_size=cfg.llm_hidden, intermediate_size=cfg.llm_intermediate,
+                       num_hidden_layers=cfg.llm_layers, num_attention_heads=cfg.llm_heads,
+                       num_key_value_heads=cfg.llm_heads, max_position_embeddings=cfg.max_positions,
+                       pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
+                       eos_token_id=tokenizer.eos_token_id, tie_word_embeddings=False)
+    n_tokens = (cfg.image_size // cfg.patch_size) ** 2
+    config = LlavaConfig(vision_config=vision, text_config=text, image_token_index=image_id,
+                         vision_feature_layer=-1, vision_feature_select_strategy="default",
+                         projector_hidden_act="gelu", image_seq_length=n_tokens)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = LlavaForConditionalGeneration(config)
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    return model
+
+
+def _compose(cfg: ModelConfig, dtype):
+    """LLM + CLIP + a fresh projector: the starting point of pretraining from scratch."""
+    tokenizer = AutoTokenizer.from_pretrained(cfg.llm, use_fast=True)
+    if IMAGE_TOKEN not in tokenizer.get_vocab():
+        tokenizer.add_special_tokens({"additional_special_tokens": [IMAGE_TOKEN]})
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.unk_token or tokenizer.eos_token
+    llm = AutoModelForCausalLM.from_pretrained(cfg.llm, torch_dtype=dtype)
+    llm.resize_token_embeddings(len(tokenizer))
+    vision = CLIPVisionModel.from_pretrained(cfg.vision_tower, torch_dtype=dtype)
+    config = LlavaConfig(vision_config=vision.config, text_config=llm.config,
+                         image_token_index=tokenizer.convert_tokens_to_ids(IMAGE_TOKEN),
+                         vision_feature_layer=cfg.vision_feature_layer, vision_feature_select_strategy="default",
+                         projector_hidden_act="gelu",
+                         image_seq_length=(vision.config.image_size // vision.config.patch_size) ** 2)
+    with torch.device("meta"):
+        llava = LlavaForConditionalGeneration(config)
+    llava.model.vision_tower = vision
+    llava.model.language_model = llm.model
+    llava.lm_head = llm.lm_head
+    proj = type(llava.model.multi_modal_projector)(config)
+    llava.model.multi_modal_projector = proj.to(dtype)
+    return llava, tokenizer, CLIPImageProcessor.from_pretrained(cfg.vision_tower)
+
+
+def load_components(cfg: ModelConfig, dtype=torch.float32, seed: int = 0):
+    """-> (LlavaForConditionalGeneration, tokenizer, image processor) as `cfg.source` says."""
+    if cfg.source == "tiny":
+        tok_dir = Path(cfg.tokenizer)
+        if not (tok_dir / "tokenizer.json").is_file():
+            raise FileNotFoundError(f"no tokenizer.json in {tok_dir}; run `python -m dualspeed.synth` first")
+        tokenizer = AutoTokenizer.from_pretrained(tok_dir)
+        llava = build_tiny(cfg.tiny, tokenizer, seed).to(dtype)
+        return llava, tokenizer, tiny_image_processor(cfg.tiny.image_size)
+    if cfg.source == "compose":
+        return _compose(cfg, dtype)
+    path = cfg.path
+    if Path(path).exists() and not (Path(path) / "config.json").is_file():
+        raise FileNotFoundError(f"{path} is not a llava-hf checkpoint (no config.json); pass a finished stage's hf/ dir")
+    llava = LlavaForConditionalGeneration.from_pretrained(path, torch_dtype=dtype)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    processor = CLIPImageProcessor.from_pretrained(path)
+    return llava, tokenizer, processor
+
+
+def reinit_projector(llava: LlavaForConditionalGeneration, seed: int) -> None:
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        for m in llava.model.multi_modal_projector.modules():
+            if isinstance(m, nn.Linear):
+                m.reset_parameters()
+
+
+# -- saving -----------------------------------------------------------------------------------
+def trainable_state(model: nn.Module, state_dict: dict | None = None) -> dict[str, torch.Tensor]:
+    names = {n for n, p in model.named_parameters() if p.requires_grad}
+    sd = state_dict if state_dict is not None else model.state_dict()
+    return {k: v.detach().cpu().contiguous() for k, v in sd.items() if k in names}
+
+
+def save_trainable(model: nn.Module, out_dir: str | Path, meta: dict, state_dict: dict | None = None) -> None:
+    """An intermediate checkpoint: every trainable tensor (projector, isolator, LoRA, ...) + metadata."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    save_file(trainable_state(model, state_dict), out / "trainable.safetensors")
+    (out / META_FILE).write_text(json.dumps(meta, indent=2))
+
+
+def load_trainable(model: nn.Module, ckpt_dir: str | Path) -> None:
+    path = Path(ckpt_dir) / "trainable.safetensors"
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {ckpt_dir} has no trainable.safetensors")
+    sd = load_file(path)
+    expected = {n for n, p in model.named_parameters() if p.requires_grad}
+    missing = expected - sd.keys()
+    if missing:
+        raise RuntimeError(f"checkpoint {ckpt_dir} lacks {len(missing)} trainable tensors, e.g. {sorted(missing)[:3]}")
+    unexpected = model.load_state_dict(sd, strict=False).unexpected_keys
+    if unexpected:
+        raise RuntimeError(f"checkpoint {ckpt_dir} has tensors this model does not: {unexpected[:3]}")
+
+
+def export_hf(model: DualSpeedLlava, tokenizer, processor, out_dir: str | Path, meta: dict) -> None:
+    """Write a plain llava-hf directory (LoRA merged) plus the isolator beside it."""
+    from peft import PeftModel
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    lm = model.llava.model.language_model
+    if isinstance(lm, PeftModel):
+        model.llava.model.language_model = lm.merge_and_unload()
+    model.llava.save_pretrained(out, safe_serialization=True)
+    tokenizer.save_pretrained(out)
+    processor.save_pretrained(out)
+    save_file({"isolator.prompt": model.isolator.prompt.detach().cpu().contiguous()}, out / EXTRA_FILE)
+    (out / META_FILE).write_text(json.dumps(meta, indent=2))
+
+
+def load_exported(path: str | Path, dtype=torch.float32, device="cpu"):
+    """Load an exported checkpoint for inference -> (DualSpeedLlava, tokenizer, processor, meta)."""
+    path = Path(path)
+    if not (path / "config.json").is_file():
+        raise FileNotFoundError(f"{path} is not an exported checkpoint (no config.json); did training finish?")
+    meta = json.loads((path / META_FILE).read_text()) if (path / META_FILE).is_file() else {}
+    llava = LlavaForConditionalGeneration.from_pretrained(path, torch_dtype=dtype)
+    iso_len = int(meta.get("isolator_len", 4))
+    model = DualSpeedLlava(llava, iso_len)
+    if (path / EXTRA_FILE).is_file():
+        model.isolator.prompt.data.copy_(load_file(path / EXTRA_FILE)["isolator.prompt"])
+    model.to(device=device, dtype=dtype).eval()
+    return model, AutoTokenizer.from_pretrained(path), CLIPImageProcessor.from_pretrained(path), meta
+
+
+@contextlib.contextmanager
+def eval_mode(module: nn.Module):
+    was = module.training
+    module.eval()
+    try:
+        yield module
+    finally:
+        module.train(was)

@@ -1,0 +1,35 @@
+"""Visual-token-pruning plugins.
+
+Every module in this package is imported on first use, so a new method is one file here with a
+`@register("<name>")` class. Methods kept outside the package (a user's experiment, a test) are
+loaded from the modules or .py files listed in $DUALSPEED_VTP_PLUGINS (os.pathsep-separated).
+"""
+import importlib
+import importlib.util
+import os
+import pkgutil
+from pathlib import Path
+
+from .base import VTPContext, VTPMethod, available, get, keep_count, register
+
+__all__ = ["VTPContext", "VTPMethod", "available", "get", "keep_count", "register"]
+
+for _mod in pkgutil.iter_modules(__path__):
+    if _mod.name != "base":
+        importlib.import_module(f"{__name__}.{_mod.name}")
+
+
+def _load_external(spec: str) -> None:
+    if spec.endswith(".py"):
+        path = Path(spec)
+        if not path.is_file():
+            raise FileNotFoundError(f"DUALSPEED_VTP_PLUGINS names {spec}, which does not exist")
+        mspec = importlib.util.spec_from_file_location(f"dualspeed_vtp_ext_{path.stem}", path)
+        module = importlib.util.module_from_spec(mspec)
+        mspec.loader.exec_module(module)
+    else:
+        importlib.import_module(spec)
+
+
+for _spec in filter(None, os.environ.get("DUALSPEED_VTP_PLUGINS", "").split(os.pathsep)):
+    _load_external(_spec)

@@ -1,0 +1,48 @@
+import os
+
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture(scope="session")
+def synth_dir(tmp_path_factory):
+    from dualspeed.synth import SynthConfig, generate
+
+    out = tmp_path_factory.mktemp("synth")
+    generate(out, SynthConfig(seed=0, n_warmup=64, n_pretrain=64, n_sft=64, n_text_only=16, n_eval=16))
+    return out
+
+
+@pytest.fixture(scope="session")
+def tokenizer(synth_dir):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(synth_dir / "tokenizer")
+
+
+@pytest.fixture()
+def tiny_model(tokenizer):
+    from dualspeed.config import TinyModelConfig
+    from dualspeed.model import DualSpeedLlava, build_tiny
+
+    torch.manual_seed(0)
+    return DualSpeedLlava(build_tiny(TinyModelConfig(), tokenizer, seed=0), isolator_len=4).eval()
+
+
+@pytest.fixture()
+def batch(synth_dir, tokenizer):
+    """A mixed batch: image samples and a text-only sample, right-padded."""
+    import json
+
+    from dualspeed.data import Collator, LlavaDataset
+    from dualspeed.model import tiny_image_processor
+
+    ds = LlavaDataset(synth_dir / "sft.json", synth_dir, tokenizer, tiny_image_processor(32))
+    rows = json.loads((synth_dir / "sft.json").read_text())
+    img = [i for i, r in enumerate(rows) if "image" in r][:3]
+    txt = [i for i, r in enumerate(rows) if "image" not in r][:1]
+    return Collator(tokenizer.pad_token_id)([ds[i] for i in img + txt])
