@@ -40,14 +40,23 @@ def main(argv=None):
     ap.add_argument("--data", required=True)
     ap.add_argument("--mode", default="normal", choices=sorted(MODES))
     ap.add_argument("--tasks", default=",".join(TASKS))
-    ap.add_argument("--limit", type=int)
+    ap.add_argument("--limit", type=int, default=0, help="first N questions per task; 0 = all")
+    ap.add_argument("--method", help="VTP method for pruned modes (default: the run's own)")
+    ap.add_argument("--ratio", type=float, help="p for pruned modes (default: the run's own)")
+    ap.add_argument("--point", default="{}", help="JSON describing the grid point, copied into the output")
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--out")
     a = ap.parse_args(argv)
-    res = evaluate(a.ckpt, a.data, a.tasks.split(","), a.mode, a.limit, batch_size=a.batch_size)
+    res = evaluate(a.ckpt, a.data, a.tasks.split(","), a.mode, a.limit or None, batch_size=a.batch_size,
+                   method=a.method, ratio=a.ratio)
+    res = {"point": json.loads(a.point), "checkpoint": a.ckpt, "backend": "synthetic", **res}
     text = json.dumps(res, indent=2)
     if a.out:
-        Path(a.out).write_text(text)
+        out = Path(a.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out.with_suffix(".tmp")
+        tmp.write_text(text)
+        tmp.replace(out)  # never leave a half-written metrics file behind
     print(text)
 
 

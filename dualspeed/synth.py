@@ -43,6 +43,7 @@ class SynthConfig:
     n_sft: int = 3000  # images; each gets two questions
     n_text_only: int = 300
     n_eval: int = 200  # per task
+    warmup_qa: bool = True  # the warm-up corpus also holds questions (an "instruction-tuned" foundation)
 
 
 def draw(rng: random.Random, nrng: np.random.Generator, cfg: SynthConfig):
@@ -121,12 +122,19 @@ def generate(out: Path, cfg: SynthConfig) -> dict:
 
     total = cfg.n_warmup + cfg.n_pretrain + cfg.n_sft + cfg.n_eval * len(TASKS)
     bar = tqdm(total=total, desc="synthesizing images", unit="img")
-    for split, n in (("warmup", cfg.n_warmup), ("pretrain", cfg.n_pretrain)):
-        for _ in range(n):
-            name, scene = new_image(split)
-            splits[split].append({"id": f"{split}-{counter}", "image": name,
-                                  "conversations": _conv("", caption(scene), True)})
-            bar.update()
+    for _ in range(cfg.n_warmup):
+        name, scene = new_image("warmup")
+        splits["warmup"].append({"id": f"warmup-{counter}", "image": name,
+                                 "conversations": _conv("Describe the image .", caption(scene), True)})
+        if cfg.warmup_qa:
+            q, a = question(rng.choice(TASKS), scene, rng)
+            splits["warmup"].append({"id": f"warmup-{counter}-qa", "image": name, "conversations": _conv(q, a, True)})
+        bar.update()
+    for _ in range(cfg.n_pretrain):
+        name, scene = new_image("pretrain")
+        splits["pretrain"].append({"id": f"pretrain-{counter}", "image": name,
+                                   "conversations": _conv("", caption(scene), True)})
+        bar.update()
     for _ in range(cfg.n_sft):
         name, scene = new_image("sft")
         for task in rng.sample(TASKS, 2):
@@ -188,7 +196,8 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", required=True, type=Path)
     for f, default in asdict(SynthConfig()).items():
-        ap.add_argument(f"--{f.replace('_', '-')}", type=type(default), default=default)
+        kind = (lambda v: v.lower() == "true") if isinstance(default, bool) else type(default)
+        ap.add_argument(f"--{f.replace('_', '-')}", type=kind, default=default)
     args = vars(ap.parse_args(argv))
     out = args.pop("out")
     meta = generate(out, SynthConfig(**args))

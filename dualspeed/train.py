@@ -283,10 +283,11 @@ def export(model, tokenizer, processor, path: Path, meta: dict, write: bool):
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--config", help="YAML run config")
+    ap.add_argument("--spec", help="run config as a JSON mapping (what the pipeline passes); --config and --set apply on top")
     ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="override config keys, e.g. train.lr=1e-3")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    cfg = load_config(args.config, args.set)
+    cfg = load_config(args.config, args.set, base=json.loads(args.spec) if args.spec else None)
     timing = run(cfg)
     print(json.dumps(timing))
 

@@ -42,7 +42,7 @@ def test_dualspeed_run_lowers_loss_and_logs_modes(synth_dir, tmp_path):
     assert all(int(r["visual_tokens"]) % 10 == 0 for r in fast)  # (k=6) + (l=4) per image
     first = sum(float(r["loss"]) for r in rows[:5]) / 5
     last = sum(float(r["loss"]) for r in rows[-5:]) / 5
-    assert last < 0.7 * first, (first, last)
+    assert last < 0.8 * first, (first, last)
     assert timing["mode_steps"]["fast"] + timing["mode_steps"]["slow"] == 40
     for name in ("config.resolved.yaml", "provenance.json", "timing.json", "hf/config.json", "hf/dualspeed_extra.safetensors"):
         assert (out / name).is_file(), name

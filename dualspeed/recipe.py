@@ -1,0 +1,86 @@
+"""From the pipeline config (config/*.yaml) to the run config of one training stage of one grid point.
+
+The Snakefile calls these so the same composition is testable without Snakemake.
+"""
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+from .variants import Point, stage_fastslow
+
+
+def data_paths(cfg: dict) -> dict:
+    d = cfg["data"]
+    if d["kind"] == "synthetic":
+        root = Path(d["root"])
+        return {"warmup": str(root / "warmup.json"), "pretrain": str(root / "pretrain.json"),
+                "sft": str(root / "sft.json"), "image_folder": str(root), "tokenizer": str(root / "tokenizer")}
+    return {"pretrain": d["pretrain_json"], "sft": d["sft_json"], "image_folder": d["image_folder"],
+            "pretrain_image_folder": d.get("pretrain_image_folder", d["image_folder"])}
+
+
+def warmup_dir(cfg) -> str:
+    return f"{cfg['runs_dir']}/warmup"
+
+
+def pretrain_dir(cfg, tag: str) -> str:
+    return f"{cfg['runs_dir']}/pretrain/{tag}"
+
+
+def sft_dir(cfg, pt: Point) -> str:
+    return f"{cfg['runs_dir']}/sft/{pt.path}"
+
+
+def _fs_defaults(cfg):
+    fs = cfg["fastslow"]
+    return fs["isolator_len"], fs["tau"], fs["lam"]
+
+
+def warmup_spec(cfg: dict) -> dict:
+    paths = data_paths(cfg)
+    return {
+        "output_dir": warmup_dir(cfg),
+        "model": {"source": "tiny", "tokenizer": paths["tokenizer"], "tiny": copy.deepcopy(cfg["model"]["tiny"])},
+        "data": {"json": paths["warmup"], "image_folder": paths["image_folder"], "template": "vicuna_v1"},
+        "train": {**copy.deepcopy(cfg["warmup"]["train"]), "stage": "warmup"},
+        "fastslow": {"prune": False},
+    }
+
+
+def pretrain_spec(cfg: dict, pt: Point) -> dict:
+    paths, m = data_paths(cfg), cfg["model"]
+    if m["source"] == "tiny":
+        model = {"source": "llava", "path": f"{warmup_dir(cfg)}/hf", "reinit_projector": True}
+    elif m["source"] == "compose":
+        model = {"source": "compose", "llm": m["llm"], "vision_tower": m["vision_tower"],
+                 "vision_feature_layer": m.get("vision_feature_layer", -2)}
+    else:
+        model = {"source": "llava", "path": m["path"], "reinit_projector": bool(m.get("reinit_projector", False))}
+    return {
+        "output_dir": pretrain_dir(cfg, pt.pretrain_tag),
+        "model": model,
+        "data": {"json": paths["pretrain"], "image_folder": paths.get("pretrain_image_folder", paths["image_folder"]),
+                 "template": "plain", "max_length": cfg["data"].get("max_length", 2048)},
+        "train": {**copy.deepcopy(cfg["pretrain"]["train"]), "stage": "pretrain"},
+        "fastslow": stage_fastslow(pt, "pretrain", *_fs_defaults(cfg)),
+    }
+
+
+def sft_spec(cfg: dict, pt: Point) -> dict:
+    paths = data_paths(cfg)
+    return {
+        "output_dir": sft_dir(cfg, pt),
+        "model": {"source": "llava", "path": f"{pretrain_dir(cfg, pt.pretrain_tag)}/hf"},
+        "data": {"json": paths["sft"], "image_folder": paths["image_folder"], "template": "vicuna_v1",
+                 "max_length": cfg["data"].get("max_length", 2048)},
+        "train": {**copy.deepcopy(cfg["sft"]["train"]), "stage": "sft"},
+        "fastslow": stage_fastslow(pt, "sft", *_fs_defaults(cfg)),
+    }
+
+
+def eval_prune(cfg: dict, pt: Point) -> tuple[str, float]:
+    """VTP method and p for pruned inference: the run's own, or the grid default for unpruned runs."""
+    if pt.method == "none":
+        return cfg["grid"]["method"], float(cfg["grid"]["p"])
+    return pt.method, pt.p

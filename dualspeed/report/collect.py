@@ -1,0 +1,67 @@
+"""Read the metrics and timings of grid points, and derive relative performance and speedups.
+
+Relative performance (the paper's): mean over benchmarks of score / baseline score under normal
+inference, in %. Speedup (the paper's): baseline wall time / variant wall time, per stage
+(pretraining, SFT) and overall (their sum). Wall time is the training loop's runtime from
+timing.json; the tiny recipe's warm-up stage is shared by every run and left out.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from .. import recipe
+from ..variants import Point, point
+
+
+class MissingRun(FileNotFoundError):
+    pass
+
+
+def _read(path: Path, pt: Point, what: str) -> dict:
+    if not path.is_file():
+        raise MissingRun(f"run {pt.path} has no {what}: expected {path}. Build it with `snakemake {path}`.")
+    return json.loads(path.read_text())
+
+
+def metrics(cfg: dict, pt: Point, mode: str) -> dict:
+    return _read(Path(cfg["results_dir"]) / "metrics" / pt.path / f"{mode}.json", pt, f"metrics for mode '{mode}'")
+
+
+def timings(cfg: dict, pt: Point) -> dict:
+    sft = _read(Path(recipe.sft_dir(cfg, pt)) / "timing.json", pt, "SFT timing")
+    pre = _read(Path(recipe.pretrain_dir(cfg, pt.pretrain_tag)) / "timing.json", pt, "pretraining timing")
+    return {"pretrain_s": pre["train_runtime_s"], "sft_s": sft["train_runtime_s"],
+            "total_s": pre["train_runtime_s"] + sft["train_runtime_s"]}
+
+
+def baseline(cfg: dict) -> Point:
+    g = cfg["grid"]
+    return point("baseline", g["method"], g["p"], g["r"])
+
+
+class Scorer:
+    """Relative performance and speedups against the config's baseline run."""
+
+    def __init__(self, cfg: dict):
+        self.cfg = cfg
+        b = baseline(cfg)
+        self.base_scores = metrics(cfg, b, "normal")["scores"]
+        self.base_time = timings(cfg, b)
+        # A ratio to a zero baseline score is undefined: such benchmarks are left out (and named).
+        self.excluded = sorted(k for k, v in self.base_scores.items() if v <= 0)
+        self.benchmarks = sorted(k for k, v in self.base_scores.items() if v > 0)
+        if not self.benchmarks:
+            raise ValueError(f"the baseline run {b.path} scores 0 on every benchmark: relative performance is undefined")
+
+    def rel_perf(self, pt: Point, mode: str = "normal") -> float:
+        s = metrics(self.cfg, pt, mode)["scores"]
+        missing = [k for k in self.benchmarks if k not in s]
+        if missing:
+            raise KeyError(f"run {pt.path} ({mode}) has no score for {missing}")
+        return 100.0 * sum(s[k] / self.base_scores[k] for k in self.benchmarks) / len(self.benchmarks)
+
+    def speedups(self, pt: Point) -> dict:
+        t, b = timings(self.cfg, pt), self.base_time
+        return {"speedup_pretrain": b["pretrain_s"] / t["pretrain_s"], "speedup_sft": b["sft_s"] / t["sft_s"],
+                "speedup_overall": b["total_s"] / t["total_s"], **t}

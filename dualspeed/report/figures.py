@@ -1,0 +1,123 @@
+"""The paper's figures as PNG and PDF: speed-performance Pareto plot, training curves, speedup bars.
+
+    python -m dualspeed.report.figures --config-json '<pipeline config>' --figure pareto --out paper_figures/pareto
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from .. import recipe  # noqa: E402
+from ..variants import table_points  # noqa: E402
+from .collect import Scorer  # noqa: E402
+from .tables import paper_reference  # noqa: E402
+
+
+def pareto_front(xy: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    """Points not dominated in (higher speedup, higher performance), sorted by speedup."""
+    front = [a for a in xy if not any(b[0] >= a[0] and b[1] >= a[1] and b != a for b in xy)]
+    return sorted(set(front))
+
+
+def pareto(cfg: dict, ax):
+    sc = Scorer(cfg)
+    tp = table_points(cfg["grid"])
+    series = {"p sweep (r fixed)": [p for p in tp["p_sweep"] if p.variant == "dualspeed"],
+              "r sweep (p fixed)": [p for p in tp["r_sweep"] if p.variant == "dualspeed"]}
+    allxy = []
+    for (label, pts), marker in zip(series.items(), ("o", "s")):
+        xy = [(sc.speedups(pt)["speedup_overall"], sc.rel_perf(pt)) for pt in pts]
+        allxy += xy
+        ax.scatter([x for x, _ in xy], [y for _, y in xy], marker=marker, s=50, label=f"DualSpeed, {label}")
+        for (x, y), pt in zip(xy, pts):
+            ax.annotate(f"p={pt.p:g},r={pt.r:g}", (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
+    for v, marker in (("baseline", "*"), ("naiveprune", "X")):
+        pt = next(p for p in tp["main"] if p.variant == v)
+        xy = (sc.speedups(pt)["speedup_overall"], sc.rel_perf(pt))
+        allxy.append(xy)
+        ax.scatter(*xy, marker=marker, s=120, label=v)
+    front = pareto_front(allxy)
+    ax.plot([x for x, _ in front], [y for _, y in front], "k--", lw=1, label="Pareto frontier (ours)")
+    ref = paper_reference()["pareto_point"]
+    ax.scatter(ref["speedup"], ref["rel_perf"], marker="P", s=140, c="red", label=ref["label"])
+    ax.set_xlabel("training speedup over baseline (x)")
+    ax.set_ylabel("relative performance, normal inference (%)")
+    ax.set_title("Speed-performance trade-off over p and r")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="lower left")
+
+
+def curves(cfg: dict, fig):
+    tp = table_points(cfg["grid"])
+    pts = [p for p in tp["ablation"]]
+    axes = fig.subplots(1, 3)
+    for pt in pts:
+        path = Path(recipe.sft_dir(cfg, pt)) / "steps.csv"
+        if not path.is_file():
+            raise FileNotFoundError(f"run {pt.path} has no step log {path}")
+        df = pd.read_csv(path)
+        win = max(1, len(df) // 20)
+        for ax, col in zip(axes, ("teacher_ce", "student_ce", "kl")):
+            s = df[["step", col]].dropna()
+            if len(s):
+                ax.plot(s["step"], s[col].rolling(max(1, min(win, len(s))), min_periods=1).mean(), label=pt.variant)
+    for ax, title in zip(axes, ("teacher CE (fast mode: pruned + isolator)", "student CE (full sequence)",
+                                "KL(teacher || student), slow steps")):
+        ax.set_title(title, fontsize=9)
+        ax.set_xlabel("SFT step")
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("loss (rolling mean)")
+    axes[0].legend(fontsize=7)
+
+
+def speedup(cfg: dict, ax):
+    sc = Scorer(cfg)
+    tp = table_points(cfg["grid"])
+    pts = sorted(set(tp["main"] + tp["ablation"] + tp["per_stage"]), key=lambda p: sc.speedups(p)["speedup_overall"])
+    names = [p.variant for p in pts]
+    sp = [sc.speedups(p) for p in pts]
+    width = 0.27
+    xs = range(len(pts))
+    for i, (key, label) in enumerate((("speedup_pretrain", "pretraining"), ("speedup_sft", "SFT"),
+                                      ("speedup_overall", "overall"))):
+        ax.bar([x + (i - 1) * width for x in xs], [s[key] for s in sp], width, label=label)
+    ax.axhline(1.0, color="k", lw=0.8)
+    ax.set_xticks(list(xs), names, rotation=30, ha="right", fontsize=8)
+    ax.set_ylabel("speedup over baseline (x)")
+    ax.set_title("Training speedup per stage")
+    ax.legend(fontsize=8)
+    ax.grid(axis="y", alpha=0.3)
+
+
+def render(cfg: dict, name: str, out: Path):
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if name == "curves":
+        fig = plt.figure(figsize=(14, 4.2))
+        curves(cfg, fig)
+    else:
+        fig, ax = plt.subplots(figsize=(7.5, 5.2))
+        {"pareto": pareto, "speedup": speedup}[name](cfg, ax)
+    fig.tight_layout()
+    for ext in ("png", "pdf"):
+        fig.savefig(out.with_suffix(f".{ext}"), dpi=150)
+    plt.close(fig)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--config-json", required=True)
+    ap.add_argument("--figure", required=True, choices=["pareto", "curves", "speedup"])
+    ap.add_argument("--out", required=True, help="output prefix; .png and .pdf are written")
+    a = ap.parse_args(argv)
+    render(json.loads(a.config_json), a.figure, Path(a.out))
+
+
+if __name__ == "__main__":
+    main()

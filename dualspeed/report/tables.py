@@ -1,0 +1,113 @@
+"""The paper's tables as Markdown, CSV and LaTeX.
+
+    python -m dualspeed.report.tables --config-json '<pipeline config>' --table main --out results/tables/main
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from importlib import resources
+from pathlib import Path
+
+import pandas as pd
+import yaml
+
+from ..variants import DESCRIPTIONS, table_points
+from .collect import Scorer, metrics
+
+REL = ("Relative performance = mean over benchmarks of (score / baseline score under normal inference), in %.")
+SPD = ("Speedup = baseline training wall time / variant wall time, per stage and overall "
+       "(pretraining + SFT; the tiny recipe's shared warm-up is excluded).")
+PAPER = "Columns marked 'paper' are the published LLaVA-1.5-7B numbers; '-' where the paper reports none."
+
+
+def paper_reference() -> dict:
+    return yaml.safe_load(resources.files("dualspeed.report").joinpath("paper_reference.yaml").read_text())
+
+
+def _label(pt) -> str:
+    if pt.variant == "baseline":
+        return "baseline"
+    extra = f" r={pt.r:g}" if pt.r else ""
+    return f"{pt.variant} ({pt.method}, p={pt.p:g}{extra})"
+
+
+def build(cfg: dict, name: str) -> tuple[pd.DataFrame, str]:
+    pts = table_points(cfg["grid"])[name]
+    sc = Scorer(cfg)
+    ref = paper_reference()
+    modes = cfg["eval"]["modes"]
+    rows = []
+    if name == "main":
+        for pt in pts:
+            m = metrics(cfg, pt, "normal")
+            sp = sc.speedups(pt)
+            rows.append({"run": _label(pt), **{k: round(v, 2) for k, v in m["scores"].items()},
+                         "rel. perf. %": sc.rel_perf(pt), "pretrain s": sp["pretrain_s"], "SFT s": sp["sft_s"],
+                         "speedup pretrain": sp["speedup_pretrain"], "speedup SFT": sp["speedup_sft"],
+                         "speedup overall": sp["speedup_overall"],
+                         "paper rel. perf. %": ref["main"].get(pt.variant, {}).get("rel_perf"),
+                         "paper speedup": ref["main"].get(pt.variant, {}).get("speedup_overall")})
+        caption = f"Main results (normal inference). {REL} {SPD} {PAPER}"
+    elif name == "mismatch":
+        for pt in pts:
+            row = {"run": _label(pt)}
+            for mode in modes:
+                row[f"{mode} %"] = sc.rel_perf(pt, mode)
+                row[f"paper {mode} %"] = ref["mismatch"].get(pt.variant, {}).get(mode)
+            rows.append(row)
+        caption = (f"Training-inference mismatch: each run under normal inference, pruned inference (the run's VTP "
+                   f"method and p, with the isolator) and pruned inference without the isolator. {REL} {PAPER}")
+    elif name in ("ablation", "per_stage"):
+        for pt in pts:
+            sp = sc.speedups(pt)
+            row = {"run": _label(pt), "what": DESCRIPTIONS[pt.variant]}
+            row.update({f"{mode} %": sc.rel_perf(pt, mode) for mode in modes})
+            row["speedup overall"] = sp["speedup_overall"]
+            row["paper normal %"] = ref[name].get(pt.variant)
+            rows.append(row)
+        caption = ("Component ablation: NaivePrune -> + fast-slow -> + isolator -> + distillation (= DualSpeed), "
+                   "and DualSpeed without the isolator. " if name == "ablation" else
+                   "VTP per stage: none, pretraining only, SFT only, both (= NaivePrune). ") + f"{REL} {SPD} {PAPER}"
+    else:
+        for pt in pts:
+            sp = sc.speedups(pt)
+            row = {"run": _label(pt), "method": pt.method, "p": pt.p, "r": pt.r}
+            row.update({f"{mode} %": sc.rel_perf(pt, mode) for mode in modes})
+            row.update({"speedup pretrain": sp["speedup_pretrain"], "speedup SFT": sp["speedup_sft"],
+                        "speedup overall": sp["speedup_overall"]})
+            rows.append(row)
+        what = {"methods": "VTP method comparison (DualSpeed with each registered method)",
+                "p_sweep": f"Sweep of the pruning ratio p (DualSpeed). Paper: {ref['sweeps']['p']}",
+                "r_sweep": f"Sweep of the slow-mode probability r (DualSpeed). Paper: {ref['sweeps']['r']}"}[name]
+        caption = f"{what}. {REL} {SPD}"
+    if sc.excluded:
+        caption += f" Left out of relative performance (baseline scores 0): {', '.join(sc.excluded)}."
+    return pd.DataFrame(rows), caption
+
+
+def write(df: pd.DataFrame, caption: str, prefix: Path) -> None:
+    prefix.parent.mkdir(parents=True, exist_ok=True)
+    df = df.round(2)
+    prefix.with_suffix(".csv").write_text(df.to_csv(index=False))
+    md = df.to_markdown(index=False, floatfmt=".2f").replace(" nan ", " - ")
+    prefix.with_suffix(".md").write_text(f"**{prefix.stem}.** {caption}\n\n{md}\n")
+    tex = df.to_latex(index=False, float_format="%.2f", na_rep="-", caption=caption, label=f"tab:{prefix.stem}",
+                      escape=True)
+    prefix.with_suffix(".tex").write_text(tex)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--config-json", required=True)
+    ap.add_argument("--table", required=True)
+    ap.add_argument("--out", required=True, help="output prefix; .md, .csv and .tex are written")
+    a = ap.parse_args(argv)
+    cfg = json.loads(a.config_json)
+    df, caption = build(cfg, a.table)
+    write(df, caption, Path(a.out))
+    print(Path(a.out).with_suffix(".md").read_text())
+
+
+if __name__ == "__main__":
+    main()

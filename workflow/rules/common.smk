@@ -1,0 +1,102 @@
+import json
+import re
+
+from snakemake.utils import validate
+
+from dualspeed import recipe, vtp
+from dualspeed.variants import INFERENCE_MODES, VARIANTS, fmt, point, table_points
+
+validate(config, schema="../schemas/config.schema.yaml")
+
+GRID = config["grid"]
+_unknown = sorted({GRID["method"], *GRID["methods"]} - set(vtp.available()))
+if _unknown:
+    raise ValueError(
+        f"config key 'grid.methods' names unknown VTP method(s) {_unknown}; registered: {vtp.available()}. "
+        "Add a file to dualspeed/vtp/ (see README, 'Adding a VTP method')."
+    )
+if config["model"]["source"] == "tiny" and not config.get("warmup", {}).get("enabled", False):
+    raise ValueError("config key 'warmup.enabled' must be true when model.source is tiny: the tiny model starts random")
+
+RECIPE = config["recipe"]
+RUNS = config["runs_dir"]
+RES = config["results_dir"]
+FIGS = config["figures_dir"]
+TABLES = table_points(GRID)
+POINTS = sorted({pt for pts in TABLES.values() for pt in pts})
+PRETRAIN = {pt.pretrain_tag: pt for pt in sorted(POINTS, reverse=True)}
+MODES = config["eval"]["modes"]
+THREADS = config.get("threads", {"train": 1, "eval": 1})
+
+
+def _alt(values):
+    return "|".join(re.escape(v) for v in sorted(set(values)))
+
+
+wildcard_constraints:
+    variant=_alt(VARIANTS),
+    method=_alt([pt.method for pt in POINTS]),
+    p=_alt([fmt(pt.p) for pt in POINTS]),
+    r=_alt([fmt(pt.r) for pt in POINTS]),
+    mode=_alt(INFERENCE_MODES),
+    ptag=_alt(PRETRAIN),
+    table=_alt(TABLES),
+
+
+def wc_point(wc):
+    """The grid point named by the wildcards; non-canonical spellings are refused with the right one."""
+    pt = point(wc.variant, wc.method, float(wc.p), float(wc.r))
+    asked = f"{wc.variant}/{wc.method}/p{wc.p}/r{wc.r}"
+    if pt.path != asked:
+        raise ValueError(f"'{asked}' is not a canonical grid point; the same training is '{pt.path}'")
+    return pt
+
+
+def res(kind, name):
+    """Resources of a job from config; runtime grows with the retry attempt."""
+    r = config["resources"][kind]
+    out = {"mem_mb": r["mem_mb"], "cpus_per_task": r["cpus"],
+           "runtime": lambda wc, attempt, base=r["runtime"]: base * attempt}
+    if r["gpus"]:
+        out["gpu"] = r["gpus"]
+        if r.get("gpu_model"):
+            out["gpu_model"] = r["gpu_model"]
+    if r.get("partition"):
+        out["slurm_partition"] = r["partition"]
+    return out
+
+
+def launcher(kind):
+    """Multi-GPU jobs run on one node under torchrun; others as plain python."""
+    gpus = config["resources"][kind]["gpus"]
+    if gpus > 1:
+        return f"torchrun --standalone --nproc_per_node={gpus} -m"
+    return "python -m"
+
+
+def metrics_path(pt, mode):
+    return f"{RES}/metrics/{pt.path}/{mode}.json"
+
+
+def timing_path(pt):
+    return f"{recipe.sft_dir(config, pt)}/timing.json"
+
+
+def pretrain_timing(pt):
+    return f"{recipe.pretrain_dir(config, pt.pretrain_tag)}/timing.json"
+
+
+def table_inputs(name):
+    pts = TABLES[name]
+    return {"metrics": [metrics_path(pt, m) for pt in pts for m in MODES],
+            "timing": [timing_path(pt) for pt in pts] + [pretrain_timing(pt) for pt in pts]}
+
+
+TABLE_FORMATS = ["md", "csv", "tex"]
+FIGURES = ["pareto", "curves", "speedup"]
+
+
+def all_targets():
+    out = [f"{RES}/tables/{t}.{ext}" for t in TABLES for ext in TABLE_FORMATS]
+    out += [f"{FIGS}/{f}.{ext}" for f in FIGURES for ext in ("png", "pdf")]
+    return out

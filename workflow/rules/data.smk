@@ -1,0 +1,62 @@
+# Tiny: synthesize everything. Real: download, verify, unpack / convert into resources/ for offline use.
+
+if config["data"]["kind"] == "synthetic":
+
+    rule synthesize:
+        output:
+            meta=f"{config['data']['root']}/synth_meta.json",
+        params:
+            args=" ".join(f"--{k.replace('_', '-')} {v}" for k, v in config["data"]["synth"].items()),
+            root=config["data"]["root"],
+        log:
+            f"logs/{RECIPE}/synthesize.log",
+        shell:
+            "python -m dualspeed.synth --out {params.root} {params.args} > {log} 2>&1"
+
+else:
+    # Real data: every file listed in config/downloads.yaml, fetched with resume and checked against
+    # its size/sha256 (or pinned on first download, see dualspeed/fetch.py).
+    import yaml
+
+    DOWNLOADS = yaml.safe_load(open(workflow.source_path("../../config/downloads.yaml")))
+
+    def dl(name):
+        return DOWNLOADS["files"][name]
+
+    rule download:
+        output:
+            "resources/downloads/{name}.ok",
+        params:
+            entry=lambda wc: json.dumps(dl(wc.name)),
+        log:
+            "logs/downloads/{name}.log",
+        wildcard_constraints:
+            name=_alt(DOWNLOADS["files"]),
+        resources:
+            runtime=lambda wc, attempt: 240 * attempt,
+        retries: 3
+        shell:
+            "python -m dualspeed.fetch file --entry {params.entry:q} --stamp {output} > {log} 2>&1"
+
+    rule benchmark_to_local:
+        output:
+            "resources/benchmarks/{bench}.ok",
+        params:
+            entry=lambda wc: json.dumps(DOWNLOADS["benchmarks"][wc.bench]),
+        log:
+            "logs/downloads/bench_{bench}.log",
+        wildcard_constraints:
+            bench=_alt(DOWNLOADS["benchmarks"]),
+        resources:
+            runtime=lambda wc, attempt: 120 * attempt,
+        retries: 3
+        shell:
+            "python -m dualspeed.fetch benchmark --entry {params.entry:q} --cache resources/hf_home "
+            "--stamp {output} > {log} 2>&1"
+
+    def data_inputs(kind):
+        names = DOWNLOADS["sets"][config["data"]["kind"]][kind]
+        return [f"resources/downloads/{n}.ok" for n in names]
+
+    def bench_inputs():
+        return [f"resources/benchmarks/{b}.ok" for b in config["eval"]["tasks"] if b in DOWNLOADS["benchmarks"]]

@@ -1,0 +1,60 @@
+# Tables and figures: CPU-only, run on the submitting host even under the Slurm profile.
+
+localrules:
+    table,
+    figure,
+
+
+REPORT_CFG = json.dumps({k: config[k] for k in ("grid", "runs_dir", "results_dir", "eval", "fastslow")})
+
+
+def figure_inputs(wc):
+    names = {"pareto": ["p_sweep", "r_sweep", "main"], "curves": ["ablation"],
+             "speedup": ["main", "ablation", "per_stage"]}[wc.figure]
+    ins = []
+    for n in names + ["main"]:
+        t = table_inputs(n)
+        ins += t["metrics"] + t["timing"]
+    return sorted(set(ins))
+
+
+rule table:
+    input:
+        unpack(lambda wc: table_inputs(wc.table)),
+    output:
+        report(
+            multiext(f"{RES}/tables/{{table}}", ".md", ".csv", ".tex"),
+            caption="../report/table.rst",
+            category="Tables",
+            labels={"table": "{table}"},
+        ),
+    params:
+        cfg=REPORT_CFG,
+        prefix=f"{RES}/tables/{{table}}",
+    log:
+        f"logs/{RECIPE}/report/table_{{table}}.log",
+    shell:
+        "python -m dualspeed.report.tables --config-json {params.cfg:q} --table {wildcards.table} "
+        "--out {params.prefix} > {log} 2>&1"
+
+
+rule figure:
+    input:
+        figure_inputs,
+    output:
+        report(
+            multiext(f"{FIGS}/{{figure}}", ".png", ".pdf"),
+            caption="../report/figure.rst",
+            category="Figures",
+            labels={"figure": "{figure}"},
+        ),
+    params:
+        cfg=REPORT_CFG,
+        prefix=f"{FIGS}/{{figure}}",
+    wildcard_constraints:
+        figure="pareto|curves|speedup",
+    log:
+        f"logs/{RECIPE}/report/figure_{{figure}}.log",
+    shell:
+        "python -m dualspeed.report.figures --config-json {params.cfg:q} --figure {wildcards.figure} "
+        "--out {params.prefix} > {log} 2>&1"

@@ -1,0 +1,84 @@
+# Training: (tiny only) warm-up -> pretraining per pretrain tag -> SFT per grid point.
+# Each run dir holds config.resolved.yaml, provenance.json, steps.csv, timing.json and hf/.
+
+
+def data_ready():
+    if config["data"]["kind"] == "synthetic":
+        return [f"{config['data']['root']}/synth_meta.json"]
+    return []
+
+
+def pretrain_inputs(wc):
+    ins = list(data_ready())
+    if config["model"]["source"] == "tiny":
+        ins.append(f"{recipe.warmup_dir(config)}/timing.json")
+    if config["data"]["kind"] != "synthetic":
+        ins += data_inputs("pretrain")
+    return ins
+
+
+def sft_inputs(wc):
+    pt = wc_point(wc)
+    ins = list(data_ready()) + [pretrain_timing(pt)]
+    if config["data"]["kind"] != "synthetic":
+        ins += data_inputs("sft")
+    return ins
+
+
+if config.get("warmup", {}).get("enabled", False):
+
+    rule warmup:
+        input:
+            data_ready(),
+        output:
+            timing=f"{RUNS}/warmup/timing.json",
+        params:
+            spec=lambda wc: json.dumps(recipe.warmup_spec(config)),
+            launch=launcher("train"),
+        log:
+            f"logs/{RECIPE}/warmup.log",
+        benchmark:
+            f"benchmarks/{RECIPE}/warmup.tsv"
+        threads: THREADS["train"]
+        resources:
+            **res("train", "warmup"),
+        shell:
+            "OMP_NUM_THREADS={threads} {params.launch} dualspeed.train --spec {params.spec:q} > {log} 2>&1"
+
+
+rule pretrain:
+    input:
+        pretrain_inputs,
+    output:
+        timing=f"{RUNS}/pretrain/{{ptag}}/timing.json",
+    params:
+        spec=lambda wc: json.dumps(recipe.pretrain_spec(config, PRETRAIN[wc.ptag])),
+        launch=launcher("train"),
+    log:
+        f"logs/{RECIPE}/pretrain/{{ptag}}.log",
+    benchmark:
+        f"benchmarks/{RECIPE}/pretrain/{{ptag}}.tsv"
+    threads: THREADS["train"]
+    resources:
+        **res("train", "pretrain"),
+    shell:
+        "OMP_NUM_THREADS={threads} {params.launch} dualspeed.train --spec {params.spec:q} > {log} 2>&1"
+
+
+rule sft:
+    input:
+        sft_inputs,
+    output:
+        timing=f"{RUNS}/sft/{{variant}}/{{method}}/p{{p}}/r{{r}}/timing.json",
+    params:
+        spec=lambda wc: json.dumps(recipe.sft_spec(config, wc_point(wc))),
+        launch=launcher("train"),
+    log:
+        f"logs/{RECIPE}/sft/{{variant}}/{{method}}/p{{p}}/r{{r}}.log",
+    benchmark:
+        f"benchmarks/{RECIPE}/sft/{{variant}}/{{method}}/p{{p}}/r{{r}}.tsv"
+    threads: THREADS["train"]
+    resources:
+        **res("train", "sft"),
+    shell:
+        "OMP_NUM_THREADS={threads} {params.launch} dualspeed.train --spec {params.spec:q} > {log} 2>&1"
