@@ -1,5 +1,8 @@
 import json
+import os
 import re
+
+import yaml
 
 from snakemake.utils import validate
 
@@ -100,3 +103,62 @@ def all_targets():
     out = [f"{RES}/tables/{t}.{ext}" for t in TABLES for ext in TABLE_FORMATS]
     out += [f"{FIGS}/{f}.{ext}" for f in FIGURES for ext in ("png", "pdf")]
     return out
+
+
+# -- data ---------------------------------------------------------------------------------------
+DOWNLOADS = yaml.safe_load(open(workflow.source_path("../../config/downloads.yaml")))
+
+
+def data_inputs(kind):
+    names = DOWNLOADS["sets"][config["data"]["kind"]][kind]
+    return [f"resources/downloads/{n}.ok" for n in names]
+
+
+def bench_inputs():
+    return [f"resources/benchmarks/{b}.ok" for b in config["eval"]["tasks"] if b in DOWNLOADS["benchmarks"]]
+
+
+# -- training -----------------------------------------------------------------------------------
+def data_ready():
+    if config["data"]["kind"] == "synthetic":
+        return [f"{config['data']['root']}/synth_meta.json"]
+    return []
+
+
+def pretrain_inputs(wc):
+    ins = list(data_ready())
+    if config["model"]["source"] == "tiny":
+        ins.append(f"{recipe.warmup_dir(config)}/timing.json")
+    if config["data"]["kind"] != "synthetic":
+        ins += data_inputs("pretrain")
+    return ins
+
+
+def sft_inputs(wc):
+    pt = wc_point(wc)
+    ins = list(data_ready()) + [pretrain_timing(pt)]
+    if config["data"]["kind"] != "synthetic":
+        ins += data_inputs("sft")
+    return ins
+
+
+# -- evaluation ---------------------------------------------------------------------------------
+def eval_params(wc):
+    pt = wc_point(wc)
+    method, p = recipe.eval_prune(config, pt)
+    return {"ckpt": f"{recipe.sft_dir(config, pt)}/hf", "method": method, "p": p,
+            "point": json.dumps({"variant": pt.variant, "method": pt.method, "p": pt.p, "r": pt.r})}
+
+
+# -- report -------------------------------------------------------------------------------------
+REPORT_CFG = json.dumps({k: config[k] for k in ("grid", "runs_dir", "results_dir", "eval", "fastslow")})
+
+
+def figure_inputs(wc):
+    names = {"pareto": ["p_sweep", "r_sweep", "main"], "curves": ["ablation"],
+             "speedup": ["main", "ablation", "per_stage"]}[wc.figure]
+    ins = []
+    for n in names + ["main"]:
+        t = table_inputs(n)
+        ins += t["metrics"] + t["timing"]
+    return sorted(set(ins))

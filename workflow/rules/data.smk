@@ -7,7 +7,9 @@ if config["data"]["kind"] == "synthetic":
             meta=f"{config['data']['root']}/synth_meta.json",
         params:
             args=" ".join(f"--{k.replace('_', '-')} {v}" for k, v in config["data"]["synth"].items()),
-            root=config["data"]["root"],
+            root=lambda wc, output: os.path.dirname(output.meta),
+        conda:
+            "../../environment.yml"
         log:
             f"logs/{RECIPE}/synthesize.log",
         shell:
@@ -16,18 +18,14 @@ if config["data"]["kind"] == "synthetic":
 else:
     # Real data: every file listed in config/downloads.yaml, fetched with resume and checked against
     # its size/sha256 (or pinned on first download, see dualspeed/fetch.py).
-    import yaml
-
-    DOWNLOADS = yaml.safe_load(open(workflow.source_path("../../config/downloads.yaml")))
-
-    def dl(name):
-        return DOWNLOADS["files"][name]
 
     rule download:
         output:
             "resources/downloads/{name}.ok",
         params:
-            entry=lambda wc: json.dumps(dl(wc.name)),
+            entry=lambda wc: json.dumps(DOWNLOADS["files"][wc.name]),
+        conda:
+            "../../environment.yml"
         log:
             "logs/downloads/{name}.log",
         wildcard_constraints:
@@ -43,6 +41,8 @@ else:
             "resources/benchmarks/{bench}.ok",
         params:
             entry=lambda wc: json.dumps(DOWNLOADS["benchmarks"][wc.bench]),
+        conda:
+            "../../environment.yml"
         log:
             "logs/downloads/bench_{bench}.log",
         wildcard_constraints:
@@ -53,10 +53,3 @@ else:
         shell:
             "python -m dualspeed.fetch benchmark --entry {params.entry:q} --cache resources/hf_home "
             "--stamp {output} > {log} 2>&1"
-
-    def data_inputs(kind):
-        names = DOWNLOADS["sets"][config["data"]["kind"]][kind]
-        return [f"resources/downloads/{n}.ok" for n in names]
-
-    def bench_inputs():
-        return [f"resources/benchmarks/{b}.ok" for b in config["eval"]["tasks"] if b in DOWNLOADS["benchmarks"]]

@@ -1,13 +1,6 @@
 # Evaluation of every SFT checkpoint under each inference mode -> one normalised metrics JSON each.
 
 
-def eval_params(wc):
-    pt = wc_point(wc)
-    method, p = recipe.eval_prune(config, pt)
-    return {"ckpt": f"{recipe.sft_dir(config, pt)}/hf", "method": method, "p": p,
-            "point": json.dumps({"variant": pt.variant, "method": pt.method, "p": pt.p, "r": pt.r})}
-
-
 rule evaluate:
     input:
         timing=f"{RUNS}/sft/{{variant}}/{{method}}/p{{p}}/r{{r}}/timing.json",
@@ -19,6 +12,8 @@ rule evaluate:
         data=config["data"].get("root", ""),
         limit=config["eval"].get("limit", 0),
         bs=config["eval"]["batch_size"],
+    conda:
+        "../../environment.yml"
     log:
         f"logs/{RECIPE}/eval/{{variant}}/{{method}}/p{{p}}/r{{r}}/{{mode}}.log",
     benchmark:

@@ -5,19 +5,6 @@ localrules:
     figure,
 
 
-REPORT_CFG = json.dumps({k: config[k] for k in ("grid", "runs_dir", "results_dir", "eval", "fastslow")})
-
-
-def figure_inputs(wc):
-    names = {"pareto": ["p_sweep", "r_sweep", "main"], "curves": ["ablation"],
-             "speedup": ["main", "ablation", "per_stage"]}[wc.figure]
-    ins = []
-    for n in names + ["main"]:
-        t = table_inputs(n)
-        ins += t["metrics"] + t["timing"]
-    return sorted(set(ins))
-
-
 rule table:
     input:
         unpack(lambda wc: table_inputs(wc.table)),
@@ -31,6 +18,8 @@ rule table:
     params:
         cfg=REPORT_CFG,
         prefix=f"{RES}/tables/{{table}}",
+    conda:
+        "../../environment.yml"
     log:
         f"logs/{RECIPE}/report/table_{{table}}.log",
     shell:
@@ -53,6 +42,8 @@ rule figure:
         prefix=f"{FIGS}/{{figure}}",
     wildcard_constraints:
         figure="pareto|curves|speedup",
+    conda:
+        "../../environment.yml"
     log:
         f"logs/{RECIPE}/report/figure_{{figure}}.log",
     shell:

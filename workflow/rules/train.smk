@@ -2,29 +2,6 @@
 # Each run dir holds config.resolved.yaml, provenance.json, steps.csv, timing.json and hf/.
 
 
-def data_ready():
-    if config["data"]["kind"] == "synthetic":
-        return [f"{config['data']['root']}/synth_meta.json"]
-    return []
-
-
-def pretrain_inputs(wc):
-    ins = list(data_ready())
-    if config["model"]["source"] == "tiny":
-        ins.append(f"{recipe.warmup_dir(config)}/timing.json")
-    if config["data"]["kind"] != "synthetic":
-        ins += data_inputs("pretrain")
-    return ins
-
-
-def sft_inputs(wc):
-    pt = wc_point(wc)
-    ins = list(data_ready()) + [pretrain_timing(pt)]
-    if config["data"]["kind"] != "synthetic":
-        ins += data_inputs("sft")
-    return ins
-
-
 if config.get("warmup", {}).get("enabled", False):
 
     rule warmup:
@@ -35,6 +12,8 @@ if config.get("warmup", {}).get("enabled", False):
         params:
             spec=lambda wc: json.dumps(recipe.warmup_spec(config)),
             launch=launcher("train"),
+        conda:
+            "../../environment.yml"
         log:
             f"logs/{RECIPE}/warmup.log",
         benchmark:
@@ -54,6 +33,8 @@ rule pretrain:
     params:
         spec=lambda wc: json.dumps(recipe.pretrain_spec(config, PRETRAIN[wc.ptag])),
         launch=launcher("train"),
+    conda:
+        "../../environment.yml"
     log:
         f"logs/{RECIPE}/pretrain/{{ptag}}.log",
     benchmark:
@@ -73,6 +54,8 @@ rule sft:
     params:
         spec=lambda wc: json.dumps(recipe.sft_spec(config, wc_point(wc))),
         launch=launcher("train"),
+    conda:
+        "../../environment.yml"
     log:
         f"logs/{RECIPE}/sft/{{variant}}/{{method}}/p{{p}}/r{{r}}.log",
     benchmark:

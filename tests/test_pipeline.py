@@ -1,0 +1,136 @@
+"""The Snakemake pipeline: lint, validation, dry-run job counts, and one real end-to-end smoke run."""
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SNAKEMAKE = [sys.executable, "-m", "snakemake"]
+
+
+def smk(*args, cwd=ROOT, env=None, check=True, timeout=600):
+    res = subprocess.run([*SNAKEMAKE, *args], cwd=cwd, capture_output=True, text=True, timeout=timeout,
+                         env={**os.environ, **(env or {})})
+    if check and res.returncode != 0:
+        raise AssertionError(f"snakemake {' '.join(args)} failed:\n{res.stdout[-4000:]}\n{res.stderr[-4000:]}")
+    return res
+
+
+def job_counts(out: str) -> dict[str, int]:
+    table = out.split("Job stats:")[1]
+    return {m.group(1): int(m.group(2)) for m in re.finditer(r"^(\w+)\s+(\d+)$", table, re.M) if m.group(1) != "total"}
+
+
+def dry(*args, **kw):
+    res = smk("-n", "--cores", "2", *args, **kw)
+    return job_counts(res.stdout + res.stderr)
+
+
+def test_lint_is_clean():
+    res = smk("--lint", check=False)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "Congratulations, your workflow is in a good condition!" in res.stdout + res.stderr
+
+
+def test_default_grid_dry_run_counts():
+    n = dry()
+    # 16 distinct SFT trainings; the 8 distinct pretraining settings are each trained once
+    assert n["sft"] == 16 and n["pretrain"] == 8 and n["warmup"] == 1 and n["synthesize"] == 1
+    assert n["evaluate"] == 16 * 3
+    assert n["table"] == 7 and n["figure"] == 3
+
+
+def test_one_table_builds_only_its_runs():
+    n = dry(f"{'results'}/tables/ablation.md")
+    assert n["sft"] == 6  # baseline, naiveprune, fastslow, fastslow_iso, dualspeed, dualspeed_noiso
+    assert n["pretrain"] == 3  # full, divprune_p0.9_iso, divprune_p0.9_noiso: shared, not duplicated
+    assert n["evaluate"] == 18 and n["table"] == 1 and "figure" not in n
+
+
+@pytest.mark.parametrize("profile", [False, True])
+def test_real_recipe_dry_runs(profile):
+    args = ["--configfile", "config/llava15_7b.yaml"]
+    if profile:
+        args += ["--profile", "slurm"]
+    res = smk("-n", "--cores", "2", *args)
+    n = job_counts(res.stdout + res.stderr)
+    assert n["download"] == 8 and n["sft"] == 16 and n["pretrain"] == 8 and n["evaluate"] == 48
+    assert "warmup" not in n
+    if profile:
+        # GPU training jobs ask Slurm for the config's GPUs; a retry would get a longer runtime
+        assert "gpu=8" in res.stdout or "gpu': 8" in res.stdout or "gpu: 8" in res.stdout
+
+
+@pytest.mark.parametrize("override,key", [("grid: {p: 1.5}", "p"), ("eval: {batch_size: 0}", "batch_size"),
+                                          ("sft: {train: {lr: -1}}", "lr"), ("bogus_key: 1", "bogus_key")])
+def test_bad_config_fails_validation_naming_the_key(tmp_path, override, key):
+    cfg = tmp_path / "bad.yaml"
+    cfg.write_text(override + "\n")
+    res = smk("-n", "--cores", "1", "--configfile", str(cfg), check=False)
+    assert res.returncode != 0
+    out = res.stdout + res.stderr
+    assert "validat" in out.lower() and (f"['{key}']" in out or f"'{key}' was unexpected" in out)
+
+
+def test_unknown_method_fails_before_any_job(tmp_path):
+    cfg = tmp_path / "bad.yaml"
+    cfg.write_text("grid:\n  methods: [divprune, no_such_pruner]\n")
+    res = smk("-n", "--cores", "1", "--configfile", str(cfg), check=False)
+    assert res.returncode != 0
+    assert "no_such_pruner" in res.stdout + res.stderr and "divprune" in res.stdout + res.stderr
+
+
+def test_fresh_clone_has_no_pipeline_outputs():
+    tracked = subprocess.run(["git", "ls-files", "runs", "results", "paper_figures", "resources", "logs"], cwd=ROOT,
+                             capture_output=True, text=True).stdout.split()
+    assert tracked == [], f"pipeline outputs are committed where the pipeline writes: {tracked[:5]}"
+
+
+PLUGIN = '''
+import torch
+from dualspeed.vtp.base import VTPMethod, VTPContext, register
+
+@register("firstk")
+class FirstK(VTPMethod):
+    """Defined only in the test: keep the first k tokens."""
+    def select(self, feats, k, ctx: VTPContext):
+        return torch.arange(k, device=feats.device).expand(feats.shape[0], k)
+'''
+
+
+def test_smoke_pipeline_end_to_end_with_a_new_vtp_method(tmp_path):
+    """The smoke config runs for real, and a VTP method defined only here is trained, evaluated, tabulated."""
+    work = tmp_path / "wf"
+    work.mkdir()
+    for item in ("Snakefile", "workflow", "config"):
+        src = ROOT / item
+        (shutil.copytree if src.is_dir() else shutil.copy)(src, work / item)
+    plugin = tmp_path / "firstk.py"
+    plugin.write_text(PLUGIN)
+    (work / "config" / "smoke_plus.yaml").write_text("grid:\n  methods: [divprune, firstk]\n")
+    env = {"DUALSPEED_VTP_PLUGINS": str(plugin), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1",
+           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    smk("--cores", "2", "--configfile", "config/smoke.yaml", "config/smoke_plus.yaml", cwd=work, env=env,
+        timeout=1500)
+    res = work / "results" / "smoke"
+    methods = (res / "tables" / "methods.csv").read_text()
+    assert "firstk" in methods and "divprune" in methods
+    m = json.loads((res / "metrics" / "dualspeed" / "firstk" / "p0.9" / "r0.1" / "pruned.json").read_text())
+    assert m["vtp_method"] == "firstk" and m["visual_tokens_per_sample"] == 6 + 4
+    assert json.loads((res / "metrics" / "dualspeed" / "firstk" / "p0.9" / "r0.1" / "normal.json").read_text())[
+        "visual_tokens_per_sample"] == 64
+    for t in ("main", "mismatch", "ablation", "per_stage", "methods", "p_sweep", "r_sweep"):
+        for ext in ("md", "csv", "tex"):
+            assert (res / "tables" / f"{t}.{ext}").stat().st_size > 0
+    figs = work / "paper_figures" / "smoke"
+    for f in ("pareto", "curves", "speedup"):
+        assert (figs / f"{f}.png").stat().st_size > 10_000 and (figs / f"{f}.pdf").is_file()
+    run = work / "runs" / "smoke" / "sft" / "dualspeed" / "divprune" / "p0.9" / "r0.1"
+    for name in ("config.resolved.yaml", "provenance.json", "steps.csv", "timing.json"):
+        assert (run / name).is_file()
+    assert list((work / "logs" / "smoke" / "sft").rglob("*.log")) and list((work / "benchmarks").rglob("*.tsv"))
