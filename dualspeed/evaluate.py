@@ -24,9 +24,11 @@ def evaluate(ckpt, data_dir, tasks=TASKS, mode="normal", limit=None, **kw) -> di
     pred = Predictor(ckpt, mode=mode, **kw)
     scores = {}
     for task in tasks:
-        path = data_dir / f"eval_{task}.json"
-        if not path.is_file():
-            raise FileNotFoundError(f"no held-out set {path}; known tasks: {', '.join(TASKS)}")
+        name = task.removeprefix("synth_")  # same task names as the lmms-eval backend
+        path = data_dir / f"eval_{name}.json"
+        if name not in TASKS or not path.is_file():
+            raise FileNotFoundError(f"no held-out set for task '{task}' ({path}); known: "
+                                    f"{', '.join('synth_' + t for t in TASKS)}")
         rows = json.loads(path.read_text())[:limit]
         with tqdm(total=len(rows), desc=f"{task} ({mode})", unit="q") as bar:
             answers = pred.predict([Query(r["question"], data_dir / r["image"]) for r in rows], progress=bar)
@@ -39,7 +41,7 @@ def main(argv=None):
     ap.add_argument("--ckpt", required=True)
     ap.add_argument("--data", required=True)
     ap.add_argument("--mode", default="normal", choices=sorted(MODES))
-    ap.add_argument("--tasks", default=",".join(TASKS))
+    ap.add_argument("--tasks", default=",".join(f"synth_{t}" for t in TASKS))
     ap.add_argument("--limit", type=int, default=0, help="first N questions per task; 0 = all")
     ap.add_argument("--method", help="VTP method for pruned modes (default: the run's own)")
     ap.add_argument("--ratio", type=float, help="p for pruned modes (default: the run's own)")

@@ -1,7 +1,7 @@
 """Fetch real-scale data with resume and verification (used by workflow/rules/data.smk only).
 
     python -m dualspeed.fetch file --entry '<json>' --stamp resources/downloads/x.ok
-    python -m dualspeed.fetch benchmark --entry '<json>' --cache resources/hf_home --stamp resources/benchmarks/x.ok
+    python -m dualspeed.fetch benchmark --entry gqa --cache resources/hf_home --stamp resources/benchmarks/gqa.ok
 """
 from __future__ import annotations
 
@@ -75,31 +75,32 @@ def fetch_file(entry: dict, stamp: Path) -> None:
     stamp.write_text(json.dumps(info, indent=2))
 
 
-def fetch_benchmark(entry: dict, cache: Path, stamp: Path) -> None:
-    """Load each config once so the datasets cache under `cache` serves lmms-eval offline."""
-    os.environ["HF_HOME"] = str(cache.resolve())
-    import datasets
+def fetch_benchmark(task: str, cache: Path, stamp: Path) -> None:
+    """Hydrate the HF cache under `cache` with what lmms-eval task `task` reads, for offline runs later."""
+    import subprocess
+    import sys
 
-    sizes = {}
-    for name in entry["configs"]:
-        ds = datasets.load_dataset(entry["repo"], name, split=entry["split"])
-        sizes[str(name)] = len(ds)
+    env = {**os.environ, "HF_HOME": str(cache.resolve())}
+    out = stamp.parent / f"{task}_hydrate"
+    cmd = [sys.executable, "-m", "lmms_eval", "eval", "--model", "dummy", "--tasks", task, "--limit", "1",
+           "--output_path", str(out)]
+    if subprocess.run(cmd, env=env).returncode != 0:
+        raise SystemExit(f"lmms-eval could not load task '{task}'; see the log above")
     stamp.parent.mkdir(parents=True, exist_ok=True)
-    stamp.write_text(json.dumps({"repo": entry["repo"], "rows": sizes, "hf_home": str(cache)}, indent=2))
+    stamp.write_text(json.dumps({"task": task, "hf_home": str(cache)}, indent=2))
 
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("what", choices=["file", "benchmark"])
-    ap.add_argument("--entry", required=True, help="the manifest entry as JSON")
+    ap.add_argument("--entry", required=True, help="the manifest entry as JSON (file) or the task name (benchmark)")
     ap.add_argument("--stamp", required=True, type=Path)
     ap.add_argument("--cache", type=Path, default=Path("resources/hf_home"))
     a = ap.parse_args(argv)
-    entry = json.loads(a.entry)
     if a.what == "file":
-        fetch_file(entry, a.stamp)
+        fetch_file(json.loads(a.entry), a.stamp)
     else:
-        fetch_benchmark(entry, a.cache, a.stamp)
+        fetch_benchmark(a.entry, a.cache, a.stamp)
 
 
 if __name__ == "__main__":

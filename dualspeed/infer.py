@@ -75,6 +75,27 @@ class Predictor:
                 progress.update(len(batch))
         return answers
 
+    @torch.no_grad()
+    def score(self, q: Query, continuation: str) -> tuple[float, bool]:
+        """(negative log-likelihood of `continuation` after the prompt, whether greedy decoding gives it).
+
+        Returned as a positive loss because lmms-eval 0.7.3 picks multiple-choice answers by argmin.
+        """
+        ids, pix = self._encode(q)
+        cont = self.tokenizer(continuation, add_special_tokens=False).input_ids
+        if not cont:
+            raise ValueError(f"empty continuation {continuation!r} cannot be scored")
+        input_ids = torch.tensor([ids + cont], device=self.device)
+        labels = torch.tensor([[-100] * len(ids) + cont], device=self.device)
+        has_image = torch.tensor([pix is not None], device=self.device)
+        pixel_values = pix[None].to(self.device, self.dtype) if pix is not None else None
+        out = self.model(input_ids, torch.ones_like(input_ids), labels, pixel_values, has_image, prune=self.prune,
+                         isolator=self.isolator)
+        logp = torch.log_softmax(out.answer_logits.float(), dim=-1)
+        nll = -logp.gather(1, out.targets[:, None]).sum()
+        greedy = bool((out.answer_logits.argmax(-1) == out.targets).all())
+        return float(nll), greedy
+
     def summary(self) -> dict:
         s = self.stats
         return {"samples": s["samples"], "samples_per_s": s["samples"] / s["seconds"] if s["seconds"] else None,

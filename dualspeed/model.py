@@ -224,9 +224,29 @@ def build_tiny(cfg: TinyModelConfig, tokenizer, seed: int = 0) -> LlavaForCondit
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = LlavaForConditionalGeneration(config)
+    # A pretrained CLIP knows where each patch is; a random one must learn it, and the tiny run is
+    # too short for that. Fixed 2-D sin-cos position embeddings (as in MAE) stand in for it.
+    pos = model.model.vision_tower.vision_model.embeddings.position_embedding.weight
+    with torch.no_grad():
+        pos[0].zero_()  # CLS
+        pos[1:].copy_(sincos_2d(cfg.image_size // cfg.patch_size, cfg.vision_hidden))
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     return model
+
+
+def sincos_2d(grid: int, dim: int) -> torch.Tensor:
+    """[grid*grid, dim] 2-D sine-cosine position embeddings, rows then columns, raster order."""
+    if dim % 4:
+        raise ValueError(f"vision_hidden {dim} must be a multiple of 4 for 2-D sin-cos position embeddings")
+    quarter = dim // 4
+    freq = 1.0 / (10000 ** (torch.arange(quarter, dtype=torch.float32) / quarter))
+    coords = torch.arange(grid, dtype=torch.float32)
+    ang = coords[:, None] * freq[None]  # [grid, quarter]
+    one_axis = torch.cat([ang.sin(), ang.cos()], dim=1)  # [grid, dim/2]
+    rows = one_axis[:, None, :].expand(grid, grid, -1)
+    cols = one_axis[None, :, :].expand(grid, grid, -1)
+    return torch.cat([rows, cols], dim=-1).reshape(grid * grid, dim)
 
 
 def _compose(cfg: ModelConfig, dtype):

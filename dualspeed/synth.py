@@ -36,24 +36,30 @@ class SynthConfig:
     image_size: int = 32
     patch_size: int = 4
     max_objects: int = 3
-    object_cells: int = 1  # side of an object in patches; larger = less redundant background
+    object_cells: int = 2  # side of an object in patches; larger = less redundant background
     bg_noise: float = 0.03  # std of background noise in [0, 1] units; smaller = more redundant
     n_warmup: int = 3000
     n_pretrain: int = 3000
-    n_sft: int = 3000  # images; each gets two questions
+    n_sft: int = 6000  # questions, each about its own image, the four tasks in turn
     n_text_only: int = 300
     n_eval: int = 200  # per task
-    warmup_qa: bool = True  # the warm-up corpus also holds questions (an "instruction-tuned" foundation)
+    warmup_qa: int = 2  # questions per warm-up image beside its caption (an "instruction-tuned" foundation)
 
 
-def draw(rng: random.Random, nrng: np.random.Generator, cfg: SynthConfig):
+# Colour and position questions are asked about single-object images: the tiny model then has to find
+# the salient tokens rather than bind a word to one of several objects, which it cannot learn in a
+# CPU-sized run. Count questions use one to max_objects objects.
+SINGLE_OBJECT_TASKS = ("colour", "position", "presence")
+
+
+def draw(rng: random.Random, nrng: np.random.Generator, cfg: SynthConfig, n: int | None = None):
     """One image and its scene description [(colour, quadrant), ...] in quadrant order."""
     grid = cfg.image_size // cfg.patch_size
     half = grid // 2
     if cfg.object_cells > half:
         raise ValueError(f"object_cells={cfg.object_cells} does not fit a quadrant of {half} patches")
     pix = np.clip(0.47 + cfg.bg_noise * nrng.standard_normal((cfg.image_size, cfg.image_size, 3)), 0, 1)
-    n = rng.randint(1, cfg.max_objects)
+    n = n or rng.randint(1, cfg.max_objects)
     quads = sorted(rng.sample(range(4), n))
     colours = rng.sample(sorted(COLOURS), n)
     scene = []
@@ -74,7 +80,7 @@ def caption(scene) -> str:
 def question(task: str, scene, rng: random.Random) -> tuple[str, str]:
     if task == "colour":
         c, q = rng.choice(scene)
-        return f"What colour is the object at the {q} ?", c
+        return "What colour is the object ?", c
     if task == "count":
         return "How many objects are there ?", NUMBERS[len(scene)]
     if task == "presence":
@@ -85,7 +91,7 @@ def question(task: str, scene, rng: random.Random) -> tuple[str, str]:
         return f"Is there a {rng.choice(absent)} object ?", "no"
     if task == "position":
         c, q = rng.choice(scene)
-        return f"Where is the {c} object ?", q
+        return "Where is the object ?", q
     raise ValueError(f"unknown task {task}")
 
 
@@ -112,34 +118,35 @@ def generate(out: Path, cfg: SynthConfig) -> dict:
     splits.update({f"eval_{t}": [] for t in TASKS})
     counter = 0
 
-    def new_image(prefix):
+    def new_image(prefix, task=None):
         nonlocal counter
-        img, scene = draw(rng, nrng, cfg)
+        img, scene = draw(rng, nrng, cfg, 1 if task in SINGLE_OBJECT_TASKS else None)
         name = f"images/{prefix}_{counter:06d}.png"
         img.save(out / name)
         counter += 1
         return name, scene
 
-    total = cfg.n_warmup + cfg.n_pretrain + cfg.n_sft + cfg.n_eval * len(TASKS)
+    total = cfg.n_warmup + cfg.n_pretrain + cfg.n_sft + cfg.n_eval * len(TASKS)  # (+ warm-up QA images)
     bar = tqdm(total=total, desc="synthesizing images", unit="img")
     for _ in range(cfg.n_warmup):
         name, scene = new_image("warmup")
         splits["warmup"].append({"id": f"warmup-{counter}", "image": name,
                                  "conversations": _conv("Describe the image .", caption(scene), True)})
-        if cfg.warmup_qa:
-            q, a = question(rng.choice(TASKS), scene, rng)
-            splits["warmup"].append({"id": f"warmup-{counter}-qa", "image": name, "conversations": _conv(q, a, True)})
+        for task in rng.sample(TASKS, cfg.warmup_qa):
+            qname, qscene = new_image("warmup", task)
+            q, a = question(task, qscene, rng)
+            splits["warmup"].append({"id": f"warmup-{counter}-{task}", "image": qname, "conversations": _conv(q, a, True)})
         bar.update()
     for _ in range(cfg.n_pretrain):
         name, scene = new_image("pretrain")
         splits["pretrain"].append({"id": f"pretrain-{counter}", "image": name,
                                    "conversations": _conv("", caption(scene), True)})
         bar.update()
-    for _ in range(cfg.n_sft):
-        name, scene = new_image("sft")
-        for task in rng.sample(TASKS, 2):
-            q, a = question(task, scene, rng)
-            splits["sft"].append({"id": f"sft-{counter}-{task}", "image": name, "conversations": _conv(q, a, True)})
+    for i in range(cfg.n_sft):
+        task = TASKS[i % len(TASKS)]
+        name, scene = new_image("sft", task)
+        q, a = question(task, scene, rng)
+        splits["sft"].append({"id": f"sft-{counter}-{task}", "image": name, "conversations": _conv(q, a, True)})
         bar.update()
     for i in range(cfg.n_text_only):
         q, a = text_only(rng)
@@ -147,7 +154,7 @@ def generate(out: Path, cfg: SynthConfig) -> dict:
         splits["warmup"].append({"id": f"warmup-text-{i}", "conversations": _conv(q, a, False)})
     for task in TASKS:
         for i in range(cfg.n_eval):
-            name, scene = new_image(f"eval_{task}")
+            name, scene = new_image(f"eval_{task}", task)
             q, a = question(task, scene, rng)
             splits[f"eval_{task}"].append({"id": f"{task}-{i}", "image": name, "question": q, "answer": a,
                                            "conversations": _conv(q, a, True)})
@@ -158,6 +165,9 @@ def generate(out: Path, cfg: SynthConfig) -> dict:
     for split, rows in splits.items():
         (out / f"{split}.json").write_text(json.dumps(rows, indent=1))
     build_tokenizer(splits, out / "tokenizer")
+    from .lmms.tasks import write_tasks
+
+    write_tasks(out, TASKS)
     meta = {"config": asdict(cfg), "counts": {k: len(v) for k, v in splits.items()}}
     (out / "synth_meta.json").write_text(json.dumps(meta, indent=2))
     return meta
@@ -196,8 +206,7 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", required=True, type=Path)
     for f, default in asdict(SynthConfig()).items():
-        kind = (lambda v: v.lower() == "true") if isinstance(default, bool) else type(default)
-        ap.add_argument(f"--{f.replace('_', '-')}", type=kind, default=default)
+        ap.add_argument(f"--{f.replace('_', '-')}", type=type(default), default=default)
     args = vars(ap.parse_args(argv))
     out = args.pop("out")
     meta = generate(out, SynthConfig(**args))

@@ -143,6 +143,30 @@ def sft_inputs(wc):
 
 
 # -- evaluation ---------------------------------------------------------------------------------
+def eval_inputs(wc):
+    ins = {"timing": f"{RUNS}/sft/{wc.variant}/{wc.method}/p{wc.p}/r{wc.r}/timing.json"}
+    if config["data"]["kind"] == "synthetic":
+        ins["data"] = f"{config['data']['root']}/synth_meta.json"
+    else:
+        ins["benchmarks"] = bench_inputs()
+    return ins
+
+
+def eval_command():
+    """The evaluation CLI with its per-config arguments (everything but checkpoint, mode and output)."""
+    e = config["eval"]
+    common = f"--tasks {','.join(e['tasks'])} --batch-size {e['batch_size']} --limit {e.get('limit', 0)}"
+    if e["backend"] == "synthetic":
+        return f"python -m dualspeed.evaluate --data {config['data']['root']} {common}"
+    device = "cuda" if config["resources"]["eval"]["gpus"] else "cpu"
+    dtype = "bfloat16" if device == "cuda" else "float32"
+    if config["data"]["kind"] == "synthetic":
+        where = f"--include-path {config['data']['root']}/lmms_tasks"
+    else:
+        where = "--hf-home resources/hf_home"
+    return f"python -m dualspeed.lmms.run {where} --device {device} --dtype {dtype} {common}"
+
+
 def eval_params(wc):
     pt = wc_point(wc)
     method, p = recipe.eval_prune(config, pt)

@@ -40,7 +40,7 @@ else:
         output:
             "resources/benchmarks/{bench}.ok",
         params:
-            entry=lambda wc: json.dumps(DOWNLOADS["benchmarks"][wc.bench]),
+            entry=lambda wc: wc.bench,
         conda:
             "../../environment.yml"
         log:

@@ -3,15 +3,12 @@
 
 rule evaluate:
     input:
-        timing=f"{RUNS}/sft/{{variant}}/{{method}}/p{{p}}/r{{r}}/timing.json",
+        unpack(eval_inputs),
     output:
         metrics=f"{RES}/metrics/{{variant}}/{{method}}/p{{p}}/r{{r}}/{{mode}}.json",
     params:
         e=eval_params,
-        tasks=",".join(config["eval"]["tasks"]),
-        data=config["data"].get("root", ""),
-        limit=config["eval"].get("limit", 0),
-        bs=config["eval"]["batch_size"],
+        cmd=eval_command(),
     conda:
         "../../environment.yml"
     log:
@@ -24,6 +21,6 @@ rule evaluate:
     resources:
         **res("eval", "eval"),
     shell:
-        "OMP_NUM_THREADS={threads} python -m dualspeed.evaluate --ckpt {params.e[ckpt]} --data {params.data} "
-        "--mode {wildcards.mode} --method {params.e[method]} --ratio {params.e[p]} --tasks {params.tasks} "
-        "--limit {params.limit} --batch-size {params.bs} --point {params.e[point]:q} --out {output.metrics} > {log} 2>&1"
+        "OMP_NUM_THREADS={threads} {params.cmd} --ckpt {params.e[ckpt]} --mode {wildcards.mode} "
+        "--method {params.e[method]} --ratio {params.e[p]} --point {params.e[point]:q} --out {output.metrics} "
+        "> {log} 2>&1"

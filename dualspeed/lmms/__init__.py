@@ -1,0 +1,1 @@
+"""lmms-eval integration: the `dualspeed_llava` model (entry point) and the synthetic tasks."""

@@ -1,0 +1,107 @@
+"""Evaluate one checkpoint in one inference mode through the lmms-eval CLI, offline.
+
+    python -m dualspeed.lmms.run --ckpt runs/.../hf --mode pruned --tasks synth_colour,synth_count \\
+        --include-path resources/synth/lmms_tasks --out results/metrics/.../pruned.json
+
+Writes the normalised metrics JSON the report reads (a score per benchmark in %, visual tokens per
+sample, samples/s) and keeps lmms-eval's raw outputs in <out stem>_raw/.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+# Judge-scored benchmarks: lmms-eval would call a GPT judge; here they run predict-only.
+PREDICT_ONLY = {"mmvet", "llava_in_the_wild"}
+
+
+def primary_score(task: str, metrics: dict) -> float | None:
+    """The task's first reported metric, in % when it is a fraction."""
+    for key, value in metrics.items():
+        if key == "alias" or "stderr" in key or not isinstance(value, (int, float)):
+            continue
+        return 100.0 * value if 0.0 <= value <= 1.0 else float(value)
+    return None
+
+
+def run(a) -> dict:
+    out = Path(a.out)
+    raw = out.with_name(out.stem + "_raw")
+    raw.mkdir(parents=True, exist_ok=True)
+    stats = raw / "dualspeed_stats.json"
+    # batch_size and device reach the model through lmms-eval's own --batch_size / --device
+    model_args = [f"pretrained={a.ckpt}", f"mode={a.mode}", f"dtype={a.dtype}", f"stats_out={stats}"]
+    if a.method:
+        model_args.append(f"method={a.method}")
+    if a.ratio is not None:
+        model_args.append(f"ratio={a.ratio}")
+    cmd = [sys.executable, "-m", "lmms_eval", "eval", "--model", "dualspeed_llava", "--model_args", ",".join(model_args),
+           "--tasks", a.tasks, "--output_path", str(raw), "--log_samples", "--batch_size", str(a.batch_size), "--device", a.device,
+           "--seed", str(a.seed)]
+    if a.include_path:
+        cmd += ["--include_path", a.include_path]
+    if a.limit:
+        cmd += ["--limit", str(a.limit)]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    if a.hf_home:
+        env["HF_HOME"] = str(Path(a.hf_home).resolve())
+    print("+", " ".join(cmd), flush=True)
+    res = subprocess.run(cmd, env=env)
+    if res.returncode != 0:
+        raise SystemExit(f"lmms-eval failed (exit {res.returncode}); see the log above")
+    found = sorted(raw.rglob("*_results.json"), key=lambda p: p.stat().st_mtime)
+    if not found:
+        raise SystemExit(f"lmms-eval wrote no *_results.json under {raw}")
+    results = json.loads(found[-1].read_text())["results"]
+    scores, predict_only = {}, []
+    for task in a.tasks.split(","):
+        if task in PREDICT_ONLY:
+            predict_only.append(task)
+            continue
+        if task not in results:
+            raise SystemExit(f"lmms-eval reported nothing for task '{task}' (reported: {sorted(results)})")
+        score = primary_score(task, results[task])
+        if score is None:
+            raise SystemExit(f"task '{task}' has no numeric metric in {results[task]}")
+        scores[task] = score
+    summary = json.loads(stats.read_text()) if stats.is_file() else {}
+    return {"point": json.loads(a.point), "checkpoint": a.ckpt, "backend": "lmms_eval", "scores": scores,
+            "mean": sum(scores.values()) / len(scores) if scores else None, "predict_only": predict_only,
+            "raw_results": str(found[-1]),
+            "note": "judge-scored tasks ran predict-only: their predictions are in the raw outputs, unscored"
+            if predict_only else "", **summary}
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--ckpt", required=True)
+    ap.add_argument("--mode", default="normal", choices=["normal", "pruned", "pruned_noiso"])
+    ap.add_argument("--method")
+    ap.add_argument("--ratio", type=float)
+    ap.add_argument("--tasks", required=True)
+    ap.add_argument("--include-path", default="")
+    ap.add_argument("--hf-home", default="", help="HF cache holding the converted benchmarks (real recipes)")
+    ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--dtype", default="float32")
+    ap.add_argument("--limit", type=int, default=0)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--point", default="{}")
+    ap.add_argument("--out", required=True)
+    a = ap.parse_args(argv)
+    if not (Path(a.ckpt) / "config.json").is_file():
+        raise SystemExit(f"no checkpoint at {a.ckpt} (expected a finished run's hf/ dir with config.json)")
+    metrics = run(a)
+    out = Path(a.out)
+    tmp = out.with_suffix(".tmp")
+    tmp.write_text(json.dumps(metrics, indent=2))
+    tmp.replace(out)
+    print(json.dumps(metrics, indent=2))
+
+
+if __name__ == "__main__":
+    main()
