@@ -11,6 +11,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from . import provenance
 from .infer import MODES, Predictor, Query
 from .synth import TASKS
 
@@ -51,7 +52,8 @@ def main(argv=None):
     a = ap.parse_args(argv)
     res = evaluate(a.ckpt, a.data, a.tasks.split(","), a.mode, a.limit or None, batch_size=a.batch_size,
                    method=a.method, ratio=a.ratio)
-    res = {"point": json.loads(a.point), "checkpoint": a.ckpt, "backend": "synthetic", **res}
+    res = {"point": json.loads(a.point), "checkpoint": a.ckpt, "backend": "synthetic", **res,
+           "provenance": provenance.collect()}
     text = json.dumps(res, indent=2)
     if a.out:
         out = Path(a.out)

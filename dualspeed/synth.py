@@ -48,7 +48,8 @@ class SynthConfig:
 
 # Colour and position questions are asked about single-object images: the tiny model then has to find
 # the salient tokens rather than bind a word to one of several objects, which it cannot learn in a
-# CPU-sized run. Count questions use one to max_objects objects.
+# CPU-sized run (tried: presence on multi-object images stayed at chance). Count questions use one to
+# max_objects objects.
 SINGLE_OBJECT_TASKS = ("colour", "position", "presence")
 
 
@@ -83,7 +84,7 @@ def question(task: str, scene, rng: random.Random) -> tuple[str, str]:
         return "What colour is the object ?", c
     if task == "count":
         return "How many objects are there ?", NUMBERS[len(scene)]
-    if task == "presence":
+    if task == "presence":  # POPE-like yes/no
         present = [c for c, _ in scene]
         if rng.random() < 0.5:
             return f"Is there a {rng.choice(present)} object ?", "yes"

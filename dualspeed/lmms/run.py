@@ -15,6 +15,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from .. import provenance
+
 # Judge-scored benchmarks: lmms-eval would call a GPT judge; here they run predict-only.
 PREDICT_ONLY = {"mmvet", "llava_in_the_wild"}
 
@@ -73,7 +75,7 @@ def run(a) -> dict:
             "mean": sum(scores.values()) / len(scores) if scores else None, "predict_only": predict_only,
             "raw_results": str(found[-1]),
             "note": "judge-scored tasks ran predict-only: their predictions are in the raw outputs, unscored"
-            if predict_only else "", **summary}
+            if predict_only else "", **summary, "provenance": provenance.collect()}
 
 
 def main(argv=None):

@@ -18,7 +18,7 @@ if config.get("warmup", {}).get("enabled", False):
             f"logs/{RECIPE}/warmup.log",
         benchmark:
             f"benchmarks/{RECIPE}/warmup.tsv"
-        threads: THREADS["train"]
+        threads: THREADS.get("warmup", THREADS["train"])
         resources:
             **res("train", "warmup"),
         shell:

@@ -1,0 +1,80 @@
+"""Evaluation through lmms-eval: the entry-point model, offline, in the three inference modes."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from dualspeed.infer import Predictor, Query
+from dualspeed.lmms.tasks import write_tasks
+from dualspeed.synth import TASKS
+
+
+@pytest.fixture(scope="module")
+def ckpt(synth_dir, tmp_path_factory):
+    from tests.test_train import tiny_cfg
+    from dualspeed.train import run
+
+    out = tmp_path_factory.mktemp("lmms_ckpt")
+    run(tiny_cfg(synth_dir, out, **{"train.max_steps": 3}))
+    return out / "hf"
+
+
+def lmms_run(ckpt, synth_dir, out, mode, tasks="synth_count,synth_presence", extra=()):
+    write_tasks(synth_dir, TASKS)
+    cmd = [sys.executable, "-m", "dualspeed.lmms.run", "--ckpt", str(ckpt), "--mode", mode, "--tasks", tasks,
+           "--include-path", str(synth_dir / "lmms_tasks"), "--batch-size", "4", "--limit", "6", "--out", str(out),
+           *extra]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+
+
+def test_three_modes_through_the_lmms_eval_cli(ckpt, synth_dir, tmp_path):
+    seen = {}
+    for mode in ("normal", "pruned", "pruned_noiso"):
+        res = lmms_run(ckpt, synth_dir, tmp_path / f"{mode}.json", mode)
+        assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+        m = json.loads((tmp_path / f"{mode}.json").read_text())
+        assert m["backend"] == "lmms_eval" and set(m["scores"]) == {"synth_count", "synth_presence"}
+        assert all(0 <= v <= 100 for v in m["scores"].values())
+        assert m["samples_per_s"] > 0
+        assert list((tmp_path / f"{mode}_raw").rglob("*_results.json"))  # raw outputs kept beside
+        seen[mode] = m["visual_tokens_per_sample"]
+    # 64 tokens normally; k = 6 kept (+ l = 4 isolator tokens) when pruned
+    assert seen == {"normal": 64, "pruned": 10, "pruned_noiso": 6}
+
+
+def test_unknown_task_and_missing_checkpoint_fail_clearly(ckpt, synth_dir, tmp_path):
+    res = lmms_run(ckpt, synth_dir, tmp_path / "x.json", "normal", tasks="synth_nonexistent")
+    assert res.returncode != 0 and "synth_nonexistent" in res.stdout + res.stderr
+    res = lmms_run(tmp_path / "nope", synth_dir, tmp_path / "y.json", "normal")
+    assert res.returncode != 0 and "no checkpoint" in res.stdout + res.stderr
+
+
+def test_scores_are_deterministic(ckpt, synth_dir):
+    rows = json.loads((synth_dir / "eval_count.json").read_text())[:8]
+    qs = [Query(r["question"], synth_dir / r["image"]) for r in rows]
+    a = Predictor(ckpt, mode="pruned", batch_size=3).predict(qs)
+    b = Predictor(ckpt, mode="pruned", batch_size=5).predict(qs)
+    assert a == b
+
+
+def test_pruned_inference_feeds_k_plus_l_tokens(ckpt, synth_dir):
+    p = Predictor(ckpt, mode="pruned", method="divprune", ratio=0.75)
+    p.predict([Query("How many objects are there ?", synth_dir / json.loads(
+        (synth_dir / "eval_count.json").read_text())[0]["image"])])
+    assert p.summary()["visual_tokens_per_sample"] == 16 + 4
+
+
+def test_loglikelihood_is_a_loss_whose_argmin_is_the_greedy_answer(ckpt):
+    """lmms-eval 0.7.3 picks multiple-choice answers by argmin: the scorer must return NLL, not log-prob."""
+    p = Predictor(ckpt)
+    q = Query("Is red a colour ?")
+    words = [w for w in p.tokenizer.get_vocab() if not w.startswith("<")]
+    scored = {w: p.score(q, w) for w in words}
+    assert all(nll > 0 for nll, _ in scored.values())
+    best = min(scored, key=lambda w: scored[w][0])
+    assert scored[best][1] is True
+    assert sum(greedy for _, greedy in scored.values()) == 1
