@@ -131,7 +131,6 @@ class LlavaDataset(Dataset):
 @dataclass
 class Collator:
     pad_token_id: int
-    pad_left: bool = False  # left padding for generation
 
     def __call__(self, items: list[dict]) -> dict:
         n = max(len(it["input_ids"]) for it in items)
@@ -140,10 +139,7 @@ class Collator:
         mask = torch.zeros((len(items), n), dtype=torch.long)
         for b, it in enumerate(items):
             L = len(it["input_ids"])
-            sl = slice(n - L, n) if self.pad_left else slice(0, L)
-            ids[b, sl], mask[b, sl] = it["input_ids"], 1
-            if "labels" in it:
-                labels[b, sl] = it["labels"]
+            ids[b, :L], mask[b, :L], labels[b, :L] = it["input_ids"], 1, it["labels"]
         has_image = torch.tensor(["pixel_values" in it for it in items])
         pix = [it["pixel_values"] for it in items if "pixel_values" in it]
         out = {"input_ids": ids, "attention_mask": mask, "labels": labels, "has_image": has_image,

@@ -29,7 +29,9 @@ class Predictor:
         torch_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
         self.model, self.tokenizer, self.processor, self.meta = load_exported(ckpt, torch_dtype, device)
         fs = self.meta.get("fastslow", {})
-        do_prune, self.isolator = MODES[mode]
+        do_prune, use_isolator = MODES[mode]
+        # "pruned" adds the isolator only where the run trained one: an untrained prompt is noise
+        self.isolator = use_isolator and bool(fs.get("isolator", True) and fs.get("prune", True))
         self.prune = None
         if do_prune:
             # default to what the run was trained with; explicit arguments override

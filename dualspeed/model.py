@@ -6,7 +6,6 @@ ordinary llava-hf directory. What DualSpeed adds (the isolator, the pruning sett
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 from dataclasses import dataclass
@@ -28,11 +27,11 @@ from transformers import (
 
 from . import vtp
 from .config import ModelConfig, TinyModelConfig
+from .data import IMAGE_TOKEN
 from .fastslow import ModeIsolator, answer_logits
 
 log = logging.getLogger(__name__)
 
-IMAGE_TOKEN = "<image>"
 EXTRA_FILE = "dualspeed_extra.safetensors"  # isolator (and anything else outside the llava-hf layout)
 META_FILE = "dualspeed.json"
 
@@ -360,13 +359,3 @@ def load_exported(path: str | Path, dtype=torch.float32, device="cpu"):
         model.isolator.prompt.data.copy_(load_file(path / EXTRA_FILE)["isolator.prompt"])
     model.to(device=device, dtype=dtype).eval()
     return model, AutoTokenizer.from_pretrained(path), CLIPImageProcessor.from_pretrained(path), meta
-
-
-@contextlib.contextmanager
-def eval_mode(module: nn.Module):
-    was = module.training
-    module.eval()
-    try:
-        yield module
-    finally:
-        module.train(was)

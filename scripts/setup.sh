@@ -13,7 +13,7 @@ fi
 echo "[setup] installing the pinned stack into $venv (first run: about 5 minutes, 7 GB)" >&2
 python3 -m venv "$venv"
 pip() { "$venv/bin/python" -m pip "$@" 2> >(grep -v "is ignored: it is neither a file nor a directory" >&2); }
-pip install -q --upgrade pip setuptools wheel packaging
+pip install -q --upgrade pip setuptools wheel "packaging>=24,<26"  # snakemake 9 needs packaging<26
 # torch first: deepspeed's setup.py imports it, so deepspeed is built without isolation
 # (an isolated build env would pull a second multi-GB torch).
 pip install -q torch==2.14.1 torchvision==0.29.1

@@ -12,6 +12,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.lines import Line2D  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from .. import recipe  # noqa: E402
@@ -31,13 +32,15 @@ def pareto(cfg: dict, ax):
     tp = table_points(cfg["grid"])
     series = {"p sweep (r fixed)": [p for p in tp["p_sweep"] if p.variant == "dualspeed"],
               "r sweep (p fixed)": [p for p in tp["r_sweep"] if p.variant == "dualspeed"]}
-    allxy = []
+    allxy, named = [], set()
     for (label, pts), marker in zip(series.items(), ("o", "s")):
         xy = [(sc.speedups(pt)["speedup_overall"], sc.rel_perf(pt)) for pt in pts]
         allxy += xy
         ax.scatter([x for x, _ in xy], [y for _, y in xy], marker=marker, s=50, label=f"DualSpeed, {label}")
         for (x, y), pt in zip(xy, pts):
-            ax.annotate(f"p={pt.p:g},r={pt.r:g}", (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
+            if pt not in named:  # the default point sits in both sweeps
+                named.add(pt)
+                ax.annotate(f"p={pt.p:g},r={pt.r:g}", (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
     for v, marker in (("baseline", "*"), ("naiveprune", "X")):
         pt = next(p for p in tp["main"] if p.variant == v)
         xy = (sc.speedups(pt)["speedup_overall"], sc.rel_perf(pt))
@@ -58,7 +61,8 @@ def curves(cfg: dict, fig):
     tp = table_points(cfg["grid"])
     pts = [p for p in tp["ablation"]]
     axes = fig.subplots(1, 3)
-    for pt in pts:
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for i, pt in enumerate(pts):
         path = Path(recipe.sft_dir(cfg, pt)) / "steps.csv"
         if not path.is_file():
             raise FileNotFoundError(f"run {pt.path} has no step log {path}")
@@ -67,14 +71,16 @@ def curves(cfg: dict, fig):
         for ax, col in zip(axes, ("teacher_ce", "student_ce", "kl")):
             s = df[["step", col]].dropna()
             if len(s):
-                ax.plot(s["step"], s[col].rolling(max(1, min(win, len(s))), min_periods=1).mean(), label=pt.variant)
+                ax.plot(s["step"], s[col].rolling(max(1, min(win, len(s))), min_periods=1).mean(), label=pt.variant,
+                        color=colours[i % len(colours)])  # one colour per variant in every panel
     for ax, title in zip(axes, ("teacher CE (fast mode: pruned + isolator)", "student CE (full sequence)",
                                 "KL(teacher || student), slow steps")):
         ax.set_title(title, fontsize=9)
         ax.set_xlabel("SFT step")
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("loss (rolling mean)")
-    axes[0].legend(fontsize=7)
+    handles = [Line2D([], [], color=colours[i % len(colours)], label=pt.variant) for i, pt in enumerate(pts)]
+    fig.legend(handles=handles, loc="upper center", ncol=len(pts), fontsize=8, bbox_to_anchor=(0.5, 1.0))
 
 
 def speedup(cfg: dict, ax):
@@ -99,12 +105,13 @@ def speedup(cfg: dict, ax):
 def render(cfg: dict, name: str, out: Path):
     out.parent.mkdir(parents=True, exist_ok=True)
     if name == "curves":
-        fig = plt.figure(figsize=(14, 4.2))
+        fig = plt.figure(figsize=(14, 4.6))
         curves(cfg, fig)
+        fig.tight_layout(rect=(0, 0, 1, 0.92))
     else:
         fig, ax = plt.subplots(figsize=(7.5, 5.2))
         {"pareto": pareto, "speedup": speedup}[name](cfg, ax)
-    fig.tight_layout()
+        fig.tight_layout()
     for ext in ("png", "pdf"):
         fig.savefig(out.with_suffix(f".{ext}"), dpi=150)
     plt.close(fig)
