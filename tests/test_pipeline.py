@@ -27,7 +27,8 @@ def job_counts(out: str) -> dict[str, int]:
 
 
 def dry(*args, **kw):
-    res = smk("-n", "--cores", "2", *args, **kw)
+    # --forceall: count every job the target needs, whatever outputs this checkout already holds
+    res = smk("-n", "--forceall", "--cores", "2", *args, **kw)
     return job_counts(res.stdout + res.stderr)
 
 
@@ -57,7 +58,7 @@ def test_real_recipe_dry_runs(profile):
     args = ["--configfile", "config/llava15_7b.yaml"]
     if profile:
         args += ["--profile", "slurm"]
-    res = smk("-n", "--cores", "2", *args)
+    res = smk("-n", "--forceall", "--cores", "2", *args)
     n = job_counts(res.stdout + res.stderr)
     assert n["download"] == 8 and n["sft"] == 16 and n["pretrain"] == 8 and n["evaluate"] == 48
     assert "warmup" not in n
@@ -107,7 +108,7 @@ def test_smoke_pipeline_end_to_end_with_a_new_vtp_method(tmp_path):
     """The smoke config runs for real, and a VTP method defined only here is trained, evaluated, tabulated."""
     work = tmp_path / "wf"
     work.mkdir()
-    for item in ("Snakefile", "workflow", "config"):
+    for item in ("Snakefile", "workflow", "config", "environment.yml"):
         src = ROOT / item
         (shutil.copytree if src.is_dir() else shutil.copy)(src, work / item)
     plugin = tmp_path / "firstk.py"
