@@ -125,6 +125,28 @@ def divprune_cost(p: dict, device, dtype, reps: int = 5) -> float:
     return 1000 * (time.perf_counter() - t0) / (reps * p["batch"])
 
 
+def eval_throughput(ckpt: str, data: str, rounds: int = 3, n: int = 200, batch_size: int = 64) -> dict:
+    """Inference samples/s of one checkpoint in each mode, rounds interleaved in one process."""
+    import json as _json
+    from pathlib import Path
+
+    from .infer import MODES, Predictor, Query
+
+    rows = _json.loads((Path(data) / "eval_count.json").read_text())[:n]
+    queries = [Query(r["question"], Path(data) / r["image"]) for r in rows]
+    preds = {m: Predictor(ckpt, mode=m, batch_size=batch_size) for m in MODES}
+    for p in preds.values():  # burn-in
+        p.predict(queries[:batch_size])
+        p.stats.update(samples=0, seconds=0.0, visual_tokens=0, images=0)
+    for _ in range(rounds):
+        for p in preds.values():
+            p.predict(queries)
+    out = {m: p.summary() for m, p in preds.items()}
+    base = out["normal"]["samples_per_s"]
+    return {m: {"samples_per_s": s["samples_per_s"], "visual_tokens_per_sample": s["visual_tokens_per_sample"],
+                "speedup_vs_normal": s["samples_per_s"] / base} for m, s in out.items()}
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--preset", choices=sorted(PRESETS), default="tiny")
@@ -133,7 +155,12 @@ def main(argv=None):
     ap.add_argument("--p", type=float, default=0.9)
     ap.add_argument("--r", type=float, default=0.1)
     ap.add_argument("--out")
+    ap.add_argument("--eval-ckpt", help="instead: inference throughput of this checkpoint in each mode")
+    ap.add_argument("--eval-data", default="resources/synth")
     a = ap.parse_args(argv)
+    if a.eval_ckpt:
+        print(json.dumps(eval_throughput(a.eval_ckpt, a.eval_data), indent=2))
+        return
     device = "cuda" if torch.cuda.is_available() else "cpu"
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
     if device == "cuda":

@@ -135,3 +135,6 @@ def test_smoke_pipeline_end_to_end_with_a_new_vtp_method(tmp_path):
     for name in ("config.resolved.yaml", "provenance.json", "steps.csv", "timing.json"):
         assert (run / name).is_file()
     assert list((work / "logs" / "smoke" / "sft").rglob("*.log")) and list((work / "benchmarks").rglob("*.tsv"))
+    smk("--configfile", "config/smoke.yaml", "config/smoke_plus.yaml", "--report", "report.html", cwd=work, env=env)
+    html = (work / "report.html").read_text(errors="ignore")
+    assert "pareto.png" in html and "ablation.md" in html

@@ -41,29 +41,38 @@ def run(a) -> dict:
         model_args.append(f"method={a.method}")
     if a.ratio is not None:
         model_args.append(f"ratio={a.ratio}")
-    cmd = [sys.executable, "-m", "lmms_eval", "eval", "--model", "dualspeed_llava", "--model_args", ",".join(model_args),
-           "--tasks", a.tasks, "--output_path", str(raw), "--log_samples", "--batch_size", str(a.batch_size), "--device", a.device,
-           "--seed", str(a.seed)]
+    base = [sys.executable, "-m", "lmms_eval", "eval", "--model", "dualspeed_llava", "--model_args",
+            ",".join(model_args), "--output_path", str(raw), "--log_samples", "--batch_size", str(a.batch_size),
+            "--device", a.device, "--seed", str(a.seed)]
     if a.include_path:
-        cmd += ["--include_path", a.include_path]
+        base += ["--include_path", a.include_path]
     if a.limit:
-        cmd += ["--limit", str(a.limit)]
+        base += ["--limit", str(a.limit)]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
     if a.hf_home:
         env["HF_HOME"] = str(Path(a.hf_home).resolve())
-    print("+", " ".join(cmd), flush=True)
-    res = subprocess.run(cmd, env=env)
-    if res.returncode != 0:
-        raise SystemExit(f"lmms-eval failed (exit {res.returncode}); see the log above")
-    found = sorted(raw.rglob("*_results.json"), key=lambda p: p.stat().st_mtime)
-    if not found:
-        raise SystemExit(f"lmms-eval wrote no *_results.json under {raw}")
-    results = json.loads(found[-1].read_text())["results"]
-    scores, predict_only = {}, []
-    for task in a.tasks.split(","):
-        if task in PREDICT_ONLY:
-            predict_only.append(task)
-            continue
+    tasks = a.tasks.split(",")
+    scored = [t for t in tasks if t not in PREDICT_ONLY]
+    judged = [t for t in tasks if t in PREDICT_ONLY]
+
+    def lmms_eval(names, *extra):
+        cmd = base + ["--tasks", ",".join(names), *extra]
+        print("+", " ".join(cmd), flush=True)
+        if subprocess.run(cmd, env=env).returncode != 0:
+            raise SystemExit(f"lmms-eval failed on {names}; see the log above")
+
+    if judged:  # the judge would need a GPT API: keep the predictions, score nothing
+        lmms_eval(judged, "--predict_only")
+    results = {}
+    if scored:
+        before = set(raw.rglob("*_results.json"))
+        lmms_eval(scored)
+        found = sorted(set(raw.rglob("*_results.json")) - before, key=lambda p: p.stat().st_mtime)
+        if not found:
+            raise SystemExit(f"lmms-eval wrote no *_results.json under {raw}")
+        results = json.loads(found[-1].read_text())["results"]
+    scores = {}
+    for task in scored:
         if task not in results:
             raise SystemExit(f"lmms-eval reported nothing for task '{task}' (reported: {sorted(results)})")
         score = primary_score(task, results[task])
@@ -72,10 +81,10 @@ def run(a) -> dict:
         scores[task] = score
     summary = json.loads(stats.read_text()) if stats.is_file() else {}
     return {"point": json.loads(a.point), "checkpoint": a.ckpt, "backend": "lmms_eval", "scores": scores,
-            "mean": sum(scores.values()) / len(scores) if scores else None, "predict_only": predict_only,
-            "raw_results": str(found[-1]),
+            "mean": sum(scores.values()) / len(scores) if scores else None, "predict_only": judged,
+            "raw_dir": str(raw),
             "note": "judge-scored tasks ran predict-only: their predictions are in the raw outputs, unscored"
-            if predict_only else "", **summary, "provenance": provenance.collect()}
+            if judged else "", **summary, "provenance": provenance.collect()}
 
 
 def main(argv=None):

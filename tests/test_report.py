@@ -1,0 +1,30 @@
+import pytest
+
+from dualspeed.report.collect import MissingRun
+from dualspeed.report.figures import pareto_front
+from dualspeed.report.tables import build, paper_reference
+
+
+def _cfg(tmp_path):
+    return {"grid": {"method": "divprune", "p": 0.9, "r": 0.1, "methods": ["divprune"], "p_sweep": [0.9],
+                     "r_sweep": [0.1]},
+            "runs_dir": str(tmp_path / "runs"), "results_dir": str(tmp_path / "results"),
+            "eval": {"modes": ["normal", "pruned", "pruned_noiso"]}}
+
+
+def test_missing_run_is_named_with_the_command_to_build_it(tmp_path):
+    with pytest.raises(MissingRun) as e:
+        build(_cfg(tmp_path), "main")
+    msg = str(e.value)
+    assert "baseline/none/p0/r0" in msg and "normal" in msg and "snakemake" in msg
+
+
+def test_pareto_front_keeps_only_undominated_points():
+    pts = [(1.0, 100.0), (1.5, 90.0), (1.4, 80.0), (2.0, 50.0), (1.5, 85.0)]
+    assert pareto_front(pts) == [(1.0, 100.0), (1.5, 90.0), (2.0, 50.0)]
+
+
+def test_paper_reference_holds_the_headline_numbers():
+    ref = paper_reference()
+    assert ref["main"]["dualspeed"] == {"rel_perf": 99.61, "speedup_overall": 2.1, "speedup_pretrain": 5.8}
+    assert ref["ablation"] == {"naiveprune": 95.89, "fastslow": 98.88, "fastslow_iso": 99.32, "dualspeed": 99.61}
