@@ -146,19 +146,23 @@ class DualSpeedLlava(nn.Module):
         mask &= ids != self.image_token_id
         return vtp.VTPContext(text_embeds=self.embed_tokens(ids), text_mask=mask)
 
+    def visual_tokens(self, pixel_values, input_ids, attention_mask, labels, has_image, prune, isolator):
+        """Pixels -> the visual tokens of every image sample [B_img, V, D], or None without images."""
+        if pixel_values is None or pixel_values.shape[0] == 0:
+            return None
+        feats = self.encode_images(pixel_values)
+        ctx = None
+        if prune is not None and prune.plugin.needs_text:
+            ctx = self.text_context(input_ids, attention_mask, labels, has_image)
+        return self.visual_sequence(feats, prune, isolator, ctx)
+
     # -- forward ------------------------------------------------------------------------------
     def forward(self, input_ids, attention_mask, labels, pixel_values=None, has_image=None,
                 prune: Prune | None = None, isolator: bool = False, return_logits: bool = False) -> Forward:
         if has_image is None:
             has_image = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
-        visual, n_visual = None, 0
-        if pixel_values is not None and pixel_values.shape[0] > 0:
-            feats = self.encode_images(pixel_values)
-            ctx = None
-            if prune is not None and prune.plugin.needs_text:
-                ctx = self.text_context(input_ids, attention_mask, labels, has_image)
-            visual = self.visual_sequence(feats, prune, isolator, ctx)
-            n_visual = visual.shape[0] * visual.shape[1]
+        visual = self.visual_tokens(pixel_values, input_ids, attention_mask, labels, has_image, prune, isolator)
+        n_visual = visual.shape[0] * visual.shape[1] if visual is not None else 0
         embeds, mask, labs = self.splice(input_ids, attention_mask, labels, visual, has_image)
         hidden = self.language_model(inputs_embeds=embeds, attention_mask=mask, use_cache=False).last_hidden_state
         lm_head = self.llava.lm_head
@@ -178,12 +182,8 @@ class DualSpeedLlava(nn.Module):
         labels = torch.full_like(input_ids, -100)
         if has_image is None:
             has_image = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
-        visual, per_image = None, 0
-        if pixel_values is not None and pixel_values.shape[0] > 0:
-            feats = self.encode_images(pixel_values)
-            ctx = self.text_context(input_ids, attention_mask, labels, has_image) if (prune and prune.plugin.needs_text) else None
-            visual = self.visual_sequence(feats, prune, isolator, ctx)
-            per_image = visual.shape[1]
+        visual = self.visual_tokens(pixel_values, input_ids, attention_mask, labels, has_image, prune, isolator)
+        per_image = visual.shape[1] if visual is not None else 0
         # splice expects right padding: move each row's tokens to the front first
         ids, mask = _left_to_right(input_ids, attention_mask)
         embeds, mask, _ = self.splice(ids, mask, labels, visual, has_image, pad_left=True)
