@@ -59,7 +59,7 @@ def pareto(cfg: dict, ax):
 
 def curves(cfg: dict, fig):
     tp = table_points(cfg["grid"])
-    pts = [p for p in tp["ablation"]]
+    pts = list(dict.fromkeys(tp["ablation"] + tp["per_stage"]))  # every variant, in table order
     axes = fig.subplots(1, 3)
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for i, pt in enumerate(pts):
@@ -73,7 +73,7 @@ def curves(cfg: dict, fig):
             if len(s):
                 ax.plot(s["step"], s[col].rolling(max(1, min(win, len(s))), min_periods=1).mean(), label=pt.variant,
                         color=colours[i % len(colours)])  # one colour per variant in every panel
-    for ax, title in zip(axes, ("teacher CE (fast mode: pruned + isolator)", "student CE (full sequence)",
+    for ax, title in zip(axes, ("teacher CE (fast mode: pruned, + isolator where used)", "student CE (full sequence)",
                                 "KL(teacher || student), slow steps")):
         ax.set_title(title, fontsize=9)
         ax.set_xlabel("SFT step")

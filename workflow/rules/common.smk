@@ -179,7 +179,7 @@ REPORT_CFG = json.dumps({k: config[k] for k in ("grid", "runs_dir", "results_dir
 
 
 def figure_inputs(wc):
-    names = {"pareto": ["p_sweep", "r_sweep", "main"], "curves": ["ablation"],
+    names = {"pareto": ["p_sweep", "r_sweep", "main"], "curves": ["ablation", "per_stage"],
              "speedup": ["main", "ablation", "per_stage"]}[wc.figure]
     ins = []
     for n in names + ["main"]:
