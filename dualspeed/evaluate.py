@@ -54,14 +54,7 @@ def main(argv=None):
                    method=a.method, ratio=a.ratio)
     res = {"point": json.loads(a.point), "checkpoint": a.ckpt, "backend": "synthetic", **res,
            "provenance": provenance.collect()}
-    text = json.dumps(res, indent=2)
-    if a.out:
-        out = Path(a.out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_suffix(".tmp")
-        tmp.write_text(text)
-        tmp.replace(out)  # never leave a half-written metrics file behind
-    print(text)
+    print(provenance.write_json(a.out, res) if a.out else json.dumps(res, indent=2))
 
 
 if __name__ == "__main__":

@@ -58,3 +58,14 @@ def write(run_dir: str | Path, extra: dict | None = None) -> dict:
     Path(run_dir).mkdir(parents=True, exist_ok=True)
     (Path(run_dir) / "provenance.json").write_text(json.dumps(info, indent=2))
     return info
+
+
+def write_json(path: str | Path, obj) -> str:
+    """Write JSON via a temp file and rename, so a killed job never leaves a half-written result."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    text = json.dumps(obj, indent=2)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+    return text

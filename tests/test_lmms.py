@@ -5,7 +5,6 @@ import subprocess
 import sys
 
 import pytest
-import torch
 
 from dualspeed.infer import Predictor, Query
 from dualspeed.lmms.tasks import write_tasks

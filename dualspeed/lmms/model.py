@@ -16,10 +16,8 @@ lmms-eval 0.7.3 defects worked around here:
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
-import torch
 from lmms_eval.api.instance import GenerationResult
 from lmms_eval.api.model import lmms
 from tqdm import tqdm
@@ -32,14 +30,6 @@ class _Holder:
 
     def __init__(self, predictor: Predictor):
         self.predictor = predictor
-
-
-def _as_bool(v) -> bool:
-    if isinstance(v, bool):
-        return v
-    if str(v).lower() in ("true", "false"):
-        return str(v).lower() == "true"
-    raise ValueError(f"expected true or false, got {v!r}")
 
 
 class DualSpeedLMM(lmms):

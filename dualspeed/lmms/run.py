@@ -106,12 +106,7 @@ def main(argv=None):
     a = ap.parse_args(argv)
     if not (Path(a.ckpt) / "config.json").is_file():
         raise SystemExit(f"no checkpoint at {a.ckpt} (expected a finished run's hf/ dir with config.json)")
-    metrics = run(a)
-    out = Path(a.out)
-    tmp = out.with_suffix(".tmp")
-    tmp.write_text(json.dumps(metrics, indent=2))
-    tmp.replace(out)
-    print(json.dumps(metrics, indent=2))
+    print(provenance.write_json(a.out, run(a)))
 
 
 if __name__ == "__main__":
