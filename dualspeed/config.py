@@ -45,6 +45,10 @@ class ModelConfig:
     vision_tower: str = ""
     tokenizer: str = ""
     vision_feature_layer: int = -2
+    # [[height, width], ...]: empty = LLaVA-1.5 (one crop per image); set = LLaVA-NeXT anyres with these
+    # resolutions (multiples of the crop size). Used when a model is built (tiny, compose); a loaded
+    # checkpoint carries its own.
+    image_grid_pinpoints: list = field(default_factory=list)
     reinit_projector: bool = False
     tiny: TinyModelConfig = field(default_factory=TinyModelConfig)
 

@@ -103,9 +103,33 @@ def build_prompt(tokenizer, conversations: list[dict], template: str, for_genera
     return ids, labels
 
 
-def load_image(path: Path, processor) -> torch.Tensor:
+def process_image(im: Image.Image, processor) -> dict:
+    """-> {"pixel_values": [3, H, W]} (LLaVA-1.5), or [crops, 3, H, W] plus "image_sizes" [2] (LLaVA-NeXT anyres)."""
+    out = processor(images=im.convert("RGB"), return_tensors="pt")
+    item = {"pixel_values": out["pixel_values"][0]}
+    if "image_sizes" in out:
+        item["image_sizes"] = torch.as_tensor(out["image_sizes"][0])
+    return item
+
+
+def load_image(path: Path, processor) -> dict:
     with Image.open(path) as im:
-        return processor(images=im.convert("RGB"), return_tensors="pt")["pixel_values"][0]  # [3, H, W]
+        return process_image(im, processor)
+
+
+def stack_images(items: list[dict]) -> dict:
+    """Batch processed images; anyres crop stacks are zero-padded to the most crops in the batch
+    (the model reads each image's real crop count from image_sizes)."""
+    pix = [it["pixel_values"] for it in items]
+    if not pix:
+        return {"pixel_values": None}
+    if pix[0].dim() == 3:
+        return {"pixel_values": torch.stack(pix)}
+    most = max(p.shape[0] for p in pix)
+    padded = torch.zeros(len(pix), most, *pix[0].shape[1:], dtype=pix[0].dtype)
+    for i, p in enumerate(pix):
+        padded[i, :p.shape[0]] = p
+    return {"pixel_values": padded, "image_sizes": torch.stack([it["image_sizes"] for it in items])}
 
 
 class LlavaDataset(Dataset):
@@ -124,7 +148,7 @@ class LlavaDataset(Dataset):
         ids, labels = ids[: self.max_length], labels[: self.max_length]
         item = {"input_ids": torch.tensor(ids), "labels": torch.tensor(labels)}
         if "image" in s:
-            item["pixel_values"] = load_image(self.image_folder / s["image"], self.processor)
+            item.update(load_image(self.image_folder / s["image"], self.processor))
         return item
 
 
@@ -141,7 +165,5 @@ class Collator:
             L = len(it["input_ids"])
             ids[b, :L], mask[b, :L], labels[b, :L] = it["input_ids"], 1, it["labels"]
         has_image = torch.tensor(["pixel_values" in it for it in items])
-        pix = [it["pixel_values"] for it in items if "pixel_values" in it]
-        out = {"input_ids": ids, "attention_mask": mask, "labels": labels, "has_image": has_image,
-               "pixel_values": torch.stack(pix) if pix else None}
-        return out
+        images = stack_images([it for it in items if "pixel_values" in it])
+        return {"input_ids": ids, "attention_mask": mask, "labels": labels, "has_image": has_image, **images}

@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from .data import IMAGE_TOKEN, build_prompt
+from .data import IMAGE_TOKEN, build_prompt, process_image, stack_images
 from .model import Prune, load_exported
 
 # inference mode -> (prune visual tokens, prepend the isolator)
@@ -49,8 +49,13 @@ class Predictor:
         pix = None
         if q.image is not None:
             im = q.image if isinstance(q.image, Image.Image) else Image.open(q.image)
-            pix = self.processor(images=im.convert("RGB"), return_tensors="pt")["pixel_values"][0]
+            pix = process_image(im, self.processor)
         return ids, pix
+
+    def _images(self, pix: list[dict]) -> dict:
+        images = stack_images(pix)
+        return {k: (v.to(self.device, self.dtype) if k == "pixel_values" else v.to(self.device))
+                for k, v in images.items() if v is not None}
 
     @torch.no_grad()
     def predict(self, queries: list[Query], progress=None) -> list[str]:
@@ -64,15 +69,15 @@ class Predictor:
             mask = torch.tensor([[0] * (n - len(ids)) + [1] * len(ids) for ids, _ in batch], device=self.device)
             has_image = torch.tensor([p is not None for _, p in batch], device=self.device)
             pix = [p for _, p in batch if p is not None]
-            pixel_values = torch.stack(pix).to(self.device, self.dtype) if pix else None
-            out, per_image = self.model.generate(input_ids, mask, pixel_values, has_image, prune=self.prune,
-                                                 isolator=self.isolator, max_new_tokens=self.max_new_tokens,
-                                                 eos_token_id=self.tokenizer.eos_token_id, pad_token_id=pad)
+            out, n_visual = self.model.generate(input_ids, mask, has_image=has_image, **self._images(pix),
+                                                prune=self.prune, isolator=self.isolator,
+                                                max_new_tokens=self.max_new_tokens,
+                                                eos_token_id=self.tokenizer.eos_token_id, pad_token_id=pad)
             answers += [self.tokenizer.decode(o, skip_special_tokens=True).strip() for o in out]
             self.stats["seconds"] += time.perf_counter() - t0
             self.stats["samples"] += len(batch)
             self.stats["images"] += len(pix)
-            self.stats["visual_tokens"] += per_image * len(pix)
+            self.stats["visual_tokens"] += n_visual
             if progress is not None:
                 progress.update(len(batch))
         return answers
@@ -90,9 +95,9 @@ class Predictor:
         input_ids = torch.tensor([ids + cont], device=self.device)
         labels = torch.tensor([[-100] * len(ids) + cont], device=self.device)
         has_image = torch.tensor([pix is not None], device=self.device)
-        pixel_values = pix[None].to(self.device, self.dtype) if pix is not None else None
-        out = self.model(input_ids, torch.ones_like(input_ids), labels, pixel_values, has_image, prune=self.prune,
-                         isolator=self.isolator)
+        images = self._images([pix] if pix is not None else [])
+        out = self.model(input_ids, torch.ones_like(input_ids), labels, has_image=has_image, **images,
+                         prune=self.prune, isolator=self.isolator)
         logp = torch.log_softmax(out.answer_logits.float(), dim=-1)
         nll = -logp.gather(1, out.targets[:, None]).sum()
         greedy = bool((out.answer_logits.argmax(-1) == out.targets).all())

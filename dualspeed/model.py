@@ -1,8 +1,16 @@
 """LLaVA with a pruning hook: features -> projector -> VTP -> isolator -> splice -> LLM.
 
-The container is transformers' LlavaForConditionalGeneration, so every exported checkpoint is an
+The container is transformers' LlavaForConditionalGeneration (LLaVA-1.5) or
+LlavaNextForConditionalGeneration (LLaVA-NeXT, "anyres"), so every exported checkpoint is an
 ordinary llava-hf directory. What DualSpeed adds (the isolator, the pruning settings) lives in
 `DualSpeedLlava` beside it and is saved next to the llava-hf files.
+
+LLaVA-NeXT: an image is a base crop plus a grid of crops, N tokens each. Unpruned, the crops are
+packed exactly as transformers does (grid re-assembled, padding cut off, a newline token per row),
+so normal inference of a llava-hf LLaVA-NeXT checkpoint is unchanged. Pruned, each crop keeps its own
+floor((1-p)*N) tokens and the crops are concatenated in order (base, then grid in raster order):
+kept tokens no longer form rows, so the spatial unpad/newline merge has nothing to act on (it is
+what broke the published code once crops were pruned).
 """
 from __future__ import annotations
 
@@ -15,6 +23,8 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import (
+    AutoConfig,
+    AutoImageProcessor,
     AutoModelForCausalLM,
     AutoTokenizer,
     CLIPImageProcessor,
@@ -23,7 +33,11 @@ from transformers import (
     LlamaConfig,
     LlavaConfig,
     LlavaForConditionalGeneration,
+    LlavaNextConfig,
+    LlavaNextForConditionalGeneration,
+    LlavaNextImageProcessor,
 )
+from transformers.models.llava_next.modeling_llava_next import image_size_to_num_patches
 
 from . import vtp
 from .config import ModelConfig, TinyModelConfig
@@ -73,6 +87,7 @@ class DualSpeedLlava(nn.Module):
         )
         self.isolator = ModeIsolator(isolator_len, llava.config.text_config.hidden_size)
         self.train_vision = False
+        self.anyres = isinstance(llava, LlavaNextForConditionalGeneration)
 
     # -- pieces -------------------------------------------------------------------------------
     @property
@@ -83,7 +98,7 @@ class DualSpeedLlava(nn.Module):
         return self.llava.get_input_embeddings()(ids)
 
     def encode_images(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """[B_img, 3, H, W] -> projected features [B_img, N, D]."""
+        """[C, 3, H, W] images or crops -> projected features [C, N, D]."""
         tower = self.llava.model.vision_tower
         grad = torch.enable_grad() if (self.train_vision and self.training) else torch.no_grad()
         with grad:
@@ -91,18 +106,43 @@ class DualSpeedLlava(nn.Module):
             feats = out.hidden_states[self.vision_feature_layer]
             if self.config.vision_feature_select_strategy == "default":
                 feats = feats[:, 1:]  # drop CLS
-        return self.llava.model.multi_modal_projector(feats)  # [B_img, N, D]
+        return self.llava.model.multi_modal_projector(feats)  # [C, N, D]
+
+    def crops_per_image(self, pixel_values: torch.Tensor, image_sizes: torch.Tensor | None) -> list[int]:
+        """How many crops of each image's [P_max, 3, H, W] slot are real (the rest is batch padding)."""
+        if not self.anyres:
+            return [1] * pixel_values.shape[0]
+        if image_sizes is None or pixel_values.dim() != 5:
+            raise ValueError("a LLaVA-NeXT model needs pixel_values [B_img, crops, 3, H, W] and image_sizes [B_img, 2]; "
+                             "preprocess images with the checkpoint's LlavaNextImageProcessor")
+        counts = [image_size_to_num_patches(sz, self.config.image_grid_pinpoints, self.config.vision_config.image_size)
+                  for sz in image_sizes.tolist()]
+        if max(counts) > pixel_values.shape[1]:
+            raise ValueError(f"image_sizes ask for {max(counts)} crops but pixel_values hold {pixel_values.shape[1]}")
+        return counts
 
     def visual_sequence(self, feats: torch.Tensor, prune: Prune | None, isolator: bool,
-                        ctx: vtp.VTPContext | None = None) -> torch.Tensor:
-        """Projected features [B_img, N, D] -> the visual tokens fed to the LLM [B_img, V, D]."""
+                        ctx: vtp.VTPContext | None = None, crops: list[int] | None = None,
+                        image_sizes: torch.Tensor | None = None):
+        """Projected features [C, N, D] of all crops -> the visual tokens fed to the LLM, per image.
+
+        LLaVA-1.5 (one crop per image): a tensor [B_img, V, D]. LLaVA-NeXT: a list of [V_i, D].
+        """
         if prune is not None:
-            k = vtp.keep_count(feats.shape[1], prune.ratio)
-            idx = prune.plugin(feats.detach(), k, ctx)  # [B_img, k], ascending
-            feats = feats.gather(1, idx.unsqueeze(-1).expand(-1, -1, feats.shape[-1]))  # [B_img, k, D]
+            k = vtp.keep_count(feats.shape[1], prune.ratio)  # per crop: each crop keeps its own k
+            idx = prune.plugin(feats.detach(), k, ctx)  # [C, k], ascending
+            feats = feats.gather(1, idx.unsqueeze(-1).expand(-1, -1, feats.shape[-1]))  # [C, k, D]
+        if not self.anyres:
+            return self.isolator(feats) if isolator else feats  # [B_img, (l +) V, D]
+        per_image = list(feats.split(crops))
+        if prune is None:
+            per_image, _ = self.llava.model.pack_image_features(
+                per_image, image_sizes, self.config.vision_feature_select_strategy, self.llava.model.image_newline)
+        else:
+            per_image = [f.flatten(0, 1) for f in per_image]  # base crop, then grid crops in raster order
         if isolator:
-            feats = self.isolator(feats)  # [B_img, l + k, D]
-        return feats
+            per_image = [self.isolator(f[None])[0] for f in per_image]
+        return per_image
 
     def splice(self, input_ids, attention_mask, labels, visual, has_image, pad_left: bool = False):
         """Replace each sample's single <image> placeholder by its visual tokens, then re-pad.
@@ -139,30 +179,37 @@ class DualSpeedLlava(nn.Module):
             out[b, sl], mask[b, sl], lab_out[b, sl] = s, 1, lab
         return out, mask, lab_out
 
-    def text_context(self, input_ids, attention_mask, labels, has_image) -> vtp.VTPContext:
-        """Instruction embeddings of the image samples, for plugins that rank tokens by the question."""
+    def text_context(self, input_ids, attention_mask, labels, has_image, crops: list[int]) -> vtp.VTPContext:
+        """Instruction embeddings of the image samples, one row per crop, for plugins that rank by the question."""
         sel = has_image.bool()
         ids, mask = input_ids[sel], attention_mask[sel].bool() & (labels[sel] == -100)
         mask &= ids != self.image_token_id
-        return vtp.VTPContext(text_embeds=self.embed_tokens(ids), text_mask=mask)
+        reps = torch.tensor(crops, device=ids.device)
+        return vtp.VTPContext(text_embeds=self.embed_tokens(ids).repeat_interleave(reps, 0),
+                              text_mask=mask.repeat_interleave(reps, 0))
 
-    def visual_tokens(self, pixel_values, input_ids, attention_mask, labels, has_image, prune, isolator):
-        """Pixels -> the visual tokens of every image sample [B_img, V, D], or None without images."""
+    def visual_tokens(self, pixel_values, input_ids, attention_mask, labels, has_image, prune, isolator,
+                      image_sizes=None):
+        """Pixels -> the visual tokens of every image sample (see visual_sequence), or None without images."""
         if pixel_values is None or pixel_values.shape[0] == 0:
             return None
+        crops = self.crops_per_image(pixel_values, image_sizes)
+        if self.anyres:
+            pixel_values = torch.cat([p[:c] for p, c in zip(pixel_values, crops)])  # drop batch-padding crops
         feats = self.encode_images(pixel_values)
         ctx = None
         if prune is not None and prune.plugin.needs_text:
-            ctx = self.text_context(input_ids, attention_mask, labels, has_image)
-        return self.visual_sequence(feats, prune, isolator, ctx)
+            ctx = self.text_context(input_ids, attention_mask, labels, has_image, crops)
+        return self.visual_sequence(feats, prune, isolator, ctx, crops, image_sizes)
 
     # -- forward ------------------------------------------------------------------------------
-    def forward(self, input_ids, attention_mask, labels, pixel_values=None, has_image=None,
+    def forward(self, input_ids, attention_mask, labels, pixel_values=None, has_image=None, image_sizes=None,
                 prune: Prune | None = None, isolator: bool = False, return_logits: bool = False) -> Forward:
         if has_image is None:
             has_image = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
-        visual = self.visual_tokens(pixel_values, input_ids, attention_mask, labels, has_image, prune, isolator)
-        n_visual = visual.shape[0] * visual.shape[1] if visual is not None else 0
+        visual = self.visual_tokens(pixel_values, input_ids, attention_mask, labels, has_image, prune, isolator,
+                                    image_sizes)
+        n_visual = _count(visual)
         embeds, mask, labs = self.splice(input_ids, attention_mask, labels, visual, has_image)
         hidden = self.language_model(inputs_embeds=embeds, attention_mask=mask, use_cache=False).last_hidden_state
         lm_head = self.llava.lm_head
@@ -176,20 +223,30 @@ class DualSpeedLlava(nn.Module):
         return fwd
 
     @torch.no_grad()
-    def generate(self, input_ids, attention_mask, pixel_values=None, has_image=None, prune: Prune | None = None,
-                 isolator: bool = False, max_new_tokens: int = 16, eos_token_id=None, pad_token_id=None):
-        """Greedy decoding of a left-padded batch; returns (new token ids [B, <=max_new_tokens], visual tokens per image)."""
+    def generate(self, input_ids, attention_mask, pixel_values=None, has_image=None, image_sizes=None,
+                 prune: Prune | None = None, isolator: bool = False, max_new_tokens: int = 16, eos_token_id=None,
+                 pad_token_id=None):
+        """Greedy decoding of a left-padded batch; returns (new token ids [B, <=max_new_tokens], visual tokens fed)."""
         labels = torch.full_like(input_ids, -100)
         if has_image is None:
             has_image = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
-        visual = self.visual_tokens(pixel_values, input_ids, attention_mask, labels, has_image, prune, isolator)
-        per_image = visual.shape[1] if visual is not None else 0
+        visual = self.visual_tokens(pixel_values, input_ids, attention_mask, labels, has_image, prune, isolator,
+                                    image_sizes)
         # splice expects right padding: move each row's tokens to the front first
         ids, mask = _left_to_right(input_ids, attention_mask)
         embeds, mask, _ = self.splice(ids, mask, labels, visual, has_image, pad_left=True)
         out = self.llava.generate(inputs_embeds=embeds, attention_mask=mask, max_new_tokens=max_new_tokens,
                                   do_sample=False, eos_token_id=eos_token_id, pad_token_id=pad_token_id)
-        return out, per_image
+        return out, _count(visual)
+
+
+def _count(visual) -> int:
+    """Visual tokens in a batch's visual sequence (a tensor [B_img, V, D] or a list of [V_i, D])."""
+    if visual is None:
+        return 0
+    if isinstance(visual, torch.Tensor):
+        return visual.shape[0] * visual.shape[1]
+    return sum(v.shape[0] for v in visual)
 
 
 def _left_to_right(ids: torch.Tensor, mask: torch.Tensor):
@@ -198,15 +255,38 @@ def _left_to_right(ids: torch.Tensor, mask: torch.Tensor):
 
 
 # -- building and loading ---------------------------------------------------------------------
-def tiny_image_processor(size: int) -> CLIPImageProcessor:
+def tiny_image_processor(size: int, grid_pinpoints: list | None = None):
+    if grid_pinpoints:
+        return LlavaNextImageProcessor(size={"shortest_edge": size}, crop_size={"height": size, "width": size},
+                                       image_grid_pinpoints=[list(g) for g in grid_pinpoints])
     return CLIPImageProcessor(size={"shortest_edge": size}, crop_size={"height": size, "width": size},
                               do_resize=True, do_center_crop=True)
 
 
-def build_tiny(cfg: TinyModelConfig, tokenizer, seed: int = 0) -> LlavaForConditionalGeneration:
-    """A tiny CLIP + tiny Llama LLaVA with random weights, reproducible without touching global RNG."""
+def check_pinpoints(grid_pinpoints: list, crop: int, key: str = "model.image_grid_pinpoints") -> list[list[int]]:
+    """anyres resolutions must be [height, width] pairs of whole crops, or the crop grid is ill-defined."""
+    out = []
+    for g in grid_pinpoints:
+        if not (isinstance(g, (list, tuple)) and len(g) == 2 and all(isinstance(v, int) and v > 0 and v % crop == 0 for v in g)):
+            raise ValueError(f"config key '{key}': {g!r} is not a [height, width] pair of multiples of the crop size {crop}")
+        out.append([int(g[0]), int(g[1])])
+    return out
+
+
+def _llava_config(vision, text, grid_pinpoints: list | None, **kw):
+    """LLaVA-1.5 config, or LLaVA-NeXT (anyres) when grid pinpoints are given -> (config, model class)."""
+    if grid_pinpoints:
+        return (LlavaNextConfig(vision_config=vision, text_config=text, image_grid_pinpoints=grid_pinpoints, **kw),
+                LlavaNextForConditionalGeneration)
+    return LlavaConfig(vision_config=vision, text_config=text, **kw), LlavaForConditionalGeneration
+
+
+def build_tiny(cfg: TinyModelConfig, tokenizer, seed: int = 0, grid_pinpoints: list | None = None):
+    """A tiny CLIP + tiny Llama LLaVA (or LLaVA-NeXT with grid pinpoints) with random weights,
+    reproducible without touching global RNG."""
     if cfg.image_size % cfg.patch_size:
         raise ValueError(f"tiny.image_size {cfg.image_size} must be a multiple of tiny.patch_size {cfg.patch_size}")
+    grid_pinpoints = check_pinpoints(grid_pinpoints or [], cfg.image_size)
     image_id = tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
     vision = CLIPVisionConfig(hidden_size=cfg.vision_hidden, intermediate_size=4 * cfg.vision_hidden,
                               num_hidden_layers=cfg.vision_layers, num_attention_heads=cfg.vision_heads,
@@ -217,12 +297,12 @@ def build_tiny(cfg: TinyModelConfig, tokenizer, seed: int = 0) -> LlavaForCondit
                        pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
                        eos_token_id=tokenizer.eos_token_id, tie_word_embeddings=False)
     n_tokens = (cfg.image_size // cfg.patch_size) ** 2
-    config = LlavaConfig(vision_config=vision, text_config=text, image_token_index=image_id,
-                         vision_feature_layer=-1, vision_feature_select_strategy="default",
-                         projector_hidden_act="gelu", image_seq_length=n_tokens)
+    config, cls = _llava_config(vision, text, grid_pinpoints, image_token_index=image_id, vision_feature_layer=-1,
+                                vision_feature_select_strategy="default", projector_hidden_act="gelu",
+                                image_seq_length=n_tokens)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = LlavaForConditionalGeneration(config)
+        model = cls(config)
     # A pretrained CLIP knows where each patch is; a random one must learn it, and the tiny run is
     # too short for that. Fixed 2-D sin-cos position embeddings (as in MAE) stand in for it.
     pos = model.model.vision_tower.vision_model.embeddings.position_embedding.weight
@@ -258,47 +338,68 @@ def _compose(cfg: ModelConfig, dtype):
     llm = AutoModelForCausalLM.from_pretrained(cfg.llm, torch_dtype=dtype)
     llm.resize_token_embeddings(len(tokenizer))
     vision = CLIPVisionModel.from_pretrained(cfg.vision_tower, torch_dtype=dtype)
-    config = LlavaConfig(vision_config=vision.config, text_config=llm.config,
-                         image_token_index=tokenizer.convert_tokens_to_ids(IMAGE_TOKEN),
-                         vision_feature_layer=cfg.vision_feature_layer, vision_feature_select_strategy="default",
-                         projector_hidden_act="gelu",
-                         image_seq_length=(vision.config.image_size // vision.config.patch_size) ** 2)
+    crop = vision.config.image_size
+    pinpoints = check_pinpoints(cfg.image_grid_pinpoints, crop)
+    config, cls = _llava_config(vision.config, llm.config, pinpoints,
+                                image_token_index=tokenizer.convert_tokens_to_ids(IMAGE_TOKEN),
+                                vision_feature_layer=cfg.vision_feature_layer, vision_feature_select_strategy="default",
+                                projector_hidden_act="gelu", image_seq_length=(crop // vision.config.patch_size) ** 2)
     with torch.device("meta"):
-        llava = LlavaForConditionalGeneration(config)
+        llava = cls(config)
     llava.model.vision_tower = vision
     llava.model.language_model = llm.model
     llava.lm_head = llm.lm_head
     proj = type(llava.model.multi_modal_projector)(config)
     llava.model.multi_modal_projector = proj.to(dtype)
-    return llava, tokenizer, CLIPImageProcessor.from_pretrained(cfg.vision_tower)
+    clip_proc = CLIPImageProcessor.from_pretrained(cfg.vision_tower)
+    if not pinpoints:
+        return llava, tokenizer, clip_proc
+    d = config.text_config.hidden_size
+    # the row separator of the anyres merge; same init as transformers/LLaVA-NeXT
+    llava.model.image_newline = nn.Parameter((torch.randn(d) / d ** 0.5).to(dtype))
+    processor = LlavaNextImageProcessor(size=clip_proc.size, crop_size=clip_proc.crop_size,
+                                        image_mean=clip_proc.image_mean, image_std=clip_proc.image_std,
+                                        image_grid_pinpoints=pinpoints)
+    return llava, tokenizer, processor
+
+
+def _load_llava(path, dtype):
+    """A llava-hf checkpoint of either family, chosen by its config.json."""
+    config = AutoConfig.from_pretrained(path)
+    if config.model_type not in ("llava", "llava_next"):
+        raise ValueError(f"{path} is a '{config.model_type}' checkpoint; expected a llava-hf 'llava' or 'llava_next' one")
+    cls = LlavaNextForConditionalGeneration if config.model_type == "llava_next" else LlavaForConditionalGeneration
+    return cls.from_pretrained(path, torch_dtype=dtype), AutoImageProcessor.from_pretrained(path, use_fast=False)
 
 
 def load_components(cfg: ModelConfig, dtype=torch.float32, seed: int = 0):
-    """-> (LlavaForConditionalGeneration, tokenizer, image processor) as `cfg.source` says."""
+    """-> (llava-hf model, tokenizer, image processor) as `cfg.source` says."""
     if cfg.source == "tiny":
         tok_dir = Path(cfg.tokenizer)
         if not (tok_dir / "tokenizer.json").is_file():
             raise FileNotFoundError(f"no tokenizer.json in {tok_dir}; run `python -m dualspeed.synth` first")
         tokenizer = AutoTokenizer.from_pretrained(tok_dir)
-        llava = build_tiny(cfg.tiny, tokenizer, seed).to(dtype)
-        return llava, tokenizer, tiny_image_processor(cfg.tiny.image_size)
+        llava = build_tiny(cfg.tiny, tokenizer, seed, cfg.image_grid_pinpoints).to(dtype)
+        return llava, tokenizer, tiny_image_processor(cfg.tiny.image_size, cfg.image_grid_pinpoints)
     if cfg.source == "compose":
         return _compose(cfg, dtype)
     path = cfg.path
     if Path(path).exists() and not (Path(path) / "config.json").is_file():
         raise FileNotFoundError(f"{path} is not a llava-hf checkpoint (no config.json); pass a finished stage's hf/ dir")
-    llava = LlavaForConditionalGeneration.from_pretrained(path, torch_dtype=dtype)
-    tokenizer = AutoTokenizer.from_pretrained(path)
-    processor = CLIPImageProcessor.from_pretrained(path)
-    return llava, tokenizer, processor
+    llava, processor = _load_llava(path, dtype)
+    return llava, AutoTokenizer.from_pretrained(path), processor
 
 
-def reinit_projector(llava: LlavaForConditionalGeneration, seed: int) -> None:
+def reinit_projector(llava, seed: int) -> None:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         for m in llava.model.multi_modal_projector.modules():
             if isinstance(m, nn.Linear):
                 m.reset_parameters()
+        if isinstance(llava, LlavaNextForConditionalGeneration):
+            nl = llava.model.image_newline
+            with torch.no_grad():
+                nl.copy_(torch.randn(nl.shape) / nl.shape[0] ** 0.5)
 
 
 # -- saving -----------------------------------------------------------------------------------
@@ -352,10 +453,10 @@ def load_exported(path: str | Path, dtype=torch.float32, device="cpu"):
     if not (path / "config.json").is_file():
         raise FileNotFoundError(f"{path} is not an exported checkpoint (no config.json); did training finish?")
     meta = json.loads((path / META_FILE).read_text()) if (path / META_FILE).is_file() else {}
-    llava = LlavaForConditionalGeneration.from_pretrained(path, torch_dtype=dtype)
+    llava, processor = _load_llava(path, dtype)
     iso_len = int(meta.get("isolator_len", 4))
     model = DualSpeedLlava(llava, iso_len)
     if (path / EXTRA_FILE).is_file():
         model.isolator.prompt.data.copy_(load_file(path / EXTRA_FILE)["isolator.prompt"])
     model.to(device=device, dtype=dtype).eval()
-    return model, AutoTokenizer.from_pretrained(path), CLIPImageProcessor.from_pretrained(path), meta
+    return model, AutoTokenizer.from_pretrained(path), processor, meta

@@ -46,6 +46,8 @@ def set_trainable(model: DualSpeedLlava, cfg: RunConfig) -> dict[str, int]:
         model.language_model.requires_grad_(True)
         model.llava.lm_head.requires_grad_(True)
     model.llava.model.multi_modal_projector.requires_grad_(True)
+    if model.anyres:  # LLaVA-NeXT's row separator belongs to the connector: it trains with the projector
+        model.llava.model.image_newline.requires_grad_(True)
     model.isolator.requires_grad_(fs.prune and fs.isolator)
     model.train_vision = t.train_vision_tower
     model.llava.model.vision_tower.requires_grad_(t.train_vision_tower)
@@ -170,7 +172,7 @@ class DualSpeedTrainer(Trainer):
         groups: dict[str, dict] = {}
 
         def lr_for(name: str) -> tuple[str, float]:
-            if "multi_modal_projector" in name:
+            if "multi_modal_projector" in name or "image_newline" in name:
                 return "projector", t.projector_lr
             if name.startswith("isolator"):
                 return "isolator", t.isolator_lr

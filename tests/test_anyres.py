@@ -1,0 +1,140 @@
+"""LLaVA-NeXT (anyres): per-crop pruning, the unpruned pack equal to transformers', training and export."""
+import json
+
+import pytest
+import torch
+from PIL import Image
+
+from dualspeed import vtp
+from dualspeed.config import TinyModelConfig
+from dualspeed.data import Collator, LlavaDataset
+from dualspeed.model import DualSpeedLlava, Prune, build_tiny, tiny_image_processor
+
+CROP = 16  # tiny crops of 16 px at patch 4: 16 tokens per crop
+PINPOINTS = [[16, 32], [32, 16], [32, 32]]
+TOKENS_PER_CROP = (CROP // 4) ** 2
+
+
+@pytest.fixture(scope="module")
+def next_data(synth_dir, tmp_path_factory):
+    """Two image samples of different crop counts (square 32x32 -> 2x2 grid + base = 5 crops; wide
+    16x32 -> 1x2 grid + base = 3 crops) and a text-only sample."""
+    d = tmp_path_factory.mktemp("next")
+    rows = json.loads((synth_dir / "sft.json").read_text())
+    img = [r for r in rows if "image" in r]
+    txt = [r for r in rows if "image" not in r]
+    for i, r in enumerate(img[:8]):
+        im = Image.open(synth_dir / r["image"])
+        (im if i % 2 == 0 else im.resize((32, 16))).save(d / f"{i}.png")  # PIL size is (width, height)
+    samples = [dict(r, image=f"{i}.png") for i, r in enumerate(img[:8])] + txt[:2]
+    (d / "sft.json").write_text(json.dumps(samples))
+    return d
+
+
+@pytest.fixture()
+def next_model(tokenizer):
+    return DualSpeedLlava(build_tiny(TinyModelConfig(image_size=CROP), tokenizer, seed=0, grid_pinpoints=PINPOINTS),
+                          isolator_len=4).eval()
+
+
+@pytest.fixture()
+def next_batch(next_data, tokenizer):
+    ds = LlavaDataset(next_data / "sft.json", next_data, tokenizer, tiny_image_processor(CROP, PINPOINTS))
+    return Collator(tokenizer.pad_token_id)([ds[0], ds[1], ds[8]])  # square, wide, text-only
+
+
+def test_batch_pads_crop_stacks_and_keeps_sizes(next_batch):
+    assert next_batch["pixel_values"].shape[:2] == (2, 5)
+    assert next_batch["image_sizes"].tolist() == [[32, 32], [16, 32]]
+    assert next_batch["pixel_values"][1, 3:].abs().sum() == 0  # the wide image has 3 real crops
+
+
+def test_unpruned_sequence_is_transformers_own_pack(next_model, next_batch):
+    with torch.no_grad():
+        ours = next_model.visual_tokens(next_batch["pixel_values"], next_batch["input_ids"],
+                                        next_batch["attention_mask"], next_batch["labels"], next_batch["has_image"],
+                                        prune=None, isolator=False, image_sizes=next_batch["image_sizes"])
+        hf = next_model.llava.model.get_image_features(next_batch["pixel_values"], next_batch["image_sizes"])
+    assert len(ours) == len(hf) == 2
+    for a, b in zip(ours, hf):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    # square: 5 crops' worth minus nothing unpadded, plus one newline per grid row (8 rows)
+    assert ours[0].shape[0] == 5 * TOKENS_PER_CROP + 8
+
+
+def test_each_crop_keeps_its_own_k(next_model, next_batch):
+    p = 0.75
+    k = vtp.keep_count(TOKENS_PER_CROP, p)
+    with torch.no_grad():
+        out = next_model(**next_batch, prune=Prune("divprune", p), isolator=True)
+        naive = next_model(**next_batch, prune=Prune("divprune", p), isolator=False)
+        seq = next_model.visual_tokens(next_batch["pixel_values"], next_batch["input_ids"],
+                                       next_batch["attention_mask"], next_batch["labels"], next_batch["has_image"],
+                                       prune=Prune("divprune", p), isolator=True, image_sizes=next_batch["image_sizes"])
+        crops = [next_batch["pixel_values"][0, :5], next_batch["pixel_values"][1, :3]]
+        feats = [next_model.encode_images(c) for c in crops]
+    assert out.visual_tokens == (5 * k + 4) + (3 * k + 4)
+    assert naive.visual_tokens == 5 * k + 3 * k
+    plugin = vtp.get("divprune")
+    for s, f in zip(seq, feats):
+        assert torch.equal(s[:4], next_model.isolator.prompt)
+        # an independent reference: prune every crop alone, concatenate base then grid crops
+        ref = torch.cat([f[c, plugin(f[c:c + 1], k)[0]] for c in range(f.shape[0])])
+        torch.testing.assert_close(s[4:], ref, rtol=0, atol=0)
+
+
+def test_exported_checkpoint_runs_in_plain_transformers(next_model, next_batch, tokenizer, tmp_path):
+    """Normal mode of our wrapper and LlavaNextForConditionalGeneration on the export give the same logits."""
+    from transformers import LlavaNextForConditionalGeneration
+
+    from dualspeed.model import export_hf
+
+    export_hf(next_model, tokenizer, tiny_image_processor(CROP, PINPOINTS), tmp_path / "hf", {"isolator_len": 4})
+    hf = LlavaNextForConditionalGeneration.from_pretrained(tmp_path / "hf").eval()
+    b = {k: v[:1] for k, v in next_batch.items()}
+    with torch.no_grad():
+        ours = next_model(**b, return_logits=True)
+        n_vis = ours.visual_tokens
+        ids = b["input_ids"][0, : int(b["attention_mask"][0].sum())]
+        pos = int((ids == next_model.image_token_id).nonzero()[0])
+        expanded = torch.cat([ids[:pos], ids.new_full((n_vis,), next_model.image_token_id), ids[pos + 1:]])[None]
+        theirs = hf(input_ids=expanded, pixel_values=b["pixel_values"], image_sizes=b["image_sizes"]).logits
+    torch.testing.assert_close(ours.logits[:, : expanded.shape[1]], theirs, rtol=1e-5, atol=1e-5)
+
+
+def test_train_export_and_infer_a_tiny_llava_next(next_data, synth_dir, tmp_path):
+    """DualSpeed SFT (fast and slow steps) on anyres data, then pruned and normal inference of the export."""
+    from dualspeed.config import load_config
+    from dualspeed.infer import Predictor, Query
+    from dualspeed.train import run
+
+    spec = {
+        "output_dir": str(tmp_path / "run"),
+        "model": {"source": "tiny", "tokenizer": str(synth_dir / "tokenizer"), "image_grid_pinpoints": PINPOINTS,
+                  "tiny": {"image_size": CROP}},
+        "data": {"json": str(next_data / "sft.json"), "image_folder": str(next_data), "template": "vicuna_v1"},
+        "train": {"stage": "sft", "llm": "lora", "lora": {"r": 4, "alpha": 8}, "batch_size": 5, "max_steps": 6,
+                  "lr": 1e-3, "projector_lr": 1e-3, "isolator_lr": 1e-3, "save_steps": 100, "logging_steps": 1},
+        "fastslow": {"method": "divprune", "ratio": 0.75, "slow_prob": 0.5},
+    }
+    timing = run(load_config(base=spec))
+    assert timing["mode_steps"]["fast"] > 0 and timing["mode_steps"]["slow"] > 0
+    cfg = json.loads((tmp_path / "run" / "hf" / "config.json").read_text())
+    assert cfg["model_type"] == "llava_next" and cfg["image_grid_pinpoints"] == PINPOINTS
+    prov = json.loads((tmp_path / "run" / "provenance.json").read_text())
+    assert prov["trainable_parameters"]["projector"] > 0
+    q = [Query("What colour is the object?", next_data / "0.png"), Query("What colour is the object?", next_data / "1.png")]
+    k = vtp.keep_count(TOKENS_PER_CROP, 0.75)
+    stats = {}
+    for mode in ("normal", "pruned", "pruned_noiso"):
+        pred = Predictor(tmp_path / "run" / "hf", mode=mode, batch_size=2)
+        assert len(pred.predict(q)) == 2
+        stats[mode] = pred.summary()["visual_tokens_per_sample"]
+    assert stats["pruned"] == ((5 * k + 4) + (3 * k + 4)) / 2
+    assert stats["pruned_noiso"] == (5 * k + 3 * k) / 2
+    assert stats["normal"] == ((5 * TOKENS_PER_CROP + 8) + (3 * TOKENS_PER_CROP + 4)) / 2  # packed, newlines
+
+
+def test_pinpoints_that_are_not_whole_crops_are_refused(tokenizer):
+    with pytest.raises(ValueError, match="image_grid_pinpoints.*multiples of the crop size 16"):
+        build_tiny(TinyModelConfig(image_size=CROP), tokenizer, grid_pinpoints=[[16, 24]])
