@@ -9,6 +9,7 @@ import argparse
 import hashlib
 import json
 import os
+import tarfile
 import urllib.request
 import zipfile
 from pathlib import Path
@@ -57,20 +58,18 @@ def verify(dest: Path, entry: dict, stamp: Path) -> dict:
 
 
 def fetch_file(entry: dict, stamp: Path) -> None:
-    if "hf_dataset" in entry:
-        from huggingface_hub import snapshot_download
-
-        path = snapshot_download(repo_id=entry["hf_dataset"], repo_type="dataset", local_dir=entry["dest"])
-        info = {"repo": entry["hf_dataset"], "path": path}
-    else:
-        dest = Path(entry["dest"])
-        if not dest.exists():
-            download(entry["url"], dest)
-        info = {"url": entry["url"], **verify(dest, entry, stamp)}
-        if entry.get("unzip_to"):
-            with zipfile.ZipFile(dest) as z:
-                z.extractall(entry["unzip_to"])
-            info["unzipped_to"] = entry["unzip_to"]
+    dest = Path(entry["dest"])
+    if not dest.exists():
+        download(entry["url"], dest)
+    info = {"url": entry["url"], **verify(dest, entry, stamp)}
+    if entry.get("unzip_to"):
+        with zipfile.ZipFile(dest) as z:
+            z.extractall(entry["unzip_to"])
+        info["unzipped_to"] = entry["unzip_to"]
+    if entry.get("untar_to"):
+        with tarfile.open(dest) as t:
+            t.extractall(entry["untar_to"], filter="data")  # refuses absolute paths and links out of the folder
+        info["untarred_to"] = entry["untar_to"]
     stamp.parent.mkdir(parents=True, exist_ok=True)
     stamp.write_text(json.dumps(info, indent=2))
 

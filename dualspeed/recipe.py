@@ -41,7 +41,8 @@ def warmup_spec(cfg: dict) -> dict:
     paths = data_paths(cfg)
     return {
         "output_dir": warmup_dir(cfg),
-        "model": {"source": "tiny", "tokenizer": paths["tokenizer"], "tiny": copy.deepcopy(cfg["model"]["tiny"])},
+        "model": {"source": "tiny", "tokenizer": paths["tokenizer"], "tiny": copy.deepcopy(cfg["model"]["tiny"]),
+                  "image_grid_pinpoints": copy.deepcopy(cfg["model"].get("image_grid_pinpoints", []))},
         "data": {"json": paths["warmup"], "image_folder": paths["image_folder"], "template": "vicuna_v1"},
         "train": {**copy.deepcopy(cfg["warmup"]["train"]), "stage": "warmup"},
         "fastslow": {"prune": False},
@@ -54,7 +55,8 @@ def pretrain_spec(cfg: dict, pt: Point) -> dict:
         model = {"source": "llava", "path": f"{warmup_dir(cfg)}/hf", "reinit_projector": True}
     elif m["source"] == "compose":
         model = {"source": "compose", "llm": m["llm"], "vision_tower": m["vision_tower"],
-                 "vision_feature_layer": m.get("vision_feature_layer", -2)}
+                 "vision_feature_layer": m.get("vision_feature_layer", -2),
+                 "image_grid_pinpoints": copy.deepcopy(m.get("image_grid_pinpoints", []))}
     else:
         model = {"source": "llava", "path": m["path"], "reinit_projector": bool(m.get("reinit_projector", False))}
     return {

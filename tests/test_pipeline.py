@@ -53,14 +53,16 @@ def test_one_table_builds_only_its_runs():
     assert n["evaluate"] == 18 and n["table"] == 1 and "figure" not in n
 
 
+@pytest.mark.parametrize("recipe,downloads", [("llava15_7b", 8), ("llava_next_7b", 14)])
 @pytest.mark.parametrize("profile", [False, True])
-def test_real_recipe_dry_runs(profile):
-    args = ["--configfile", "config/llava15_7b.yaml"]
+def test_real_recipe_dry_runs(profile, recipe, downloads):
+    args = ["--configfile", f"config/{recipe}.yaml"]
     if profile:
         args += ["--profile", "slurm"]
     res = smk("-n", "--forceall", "--cores", "2", *args)
     n = job_counts(res.stdout + res.stderr)
-    assert n["download"] == 8 and n["sft"] == 16 and n["pretrain"] == 8 and n["evaluate"] == 48
+    # LLaVA-NeXT: pretraining JSON + images, SFT JSON + 11 image archives
+    assert n["download"] == downloads and n["sft"] == 16 and n["pretrain"] == 8 and n["evaluate"] == 48
     assert "warmup" not in n
     if profile:
         # GPU training jobs ask Slurm for the config's GPUs; a retry would get a longer runtime
