@@ -1,11 +1,16 @@
 """Step-time benchmark of baseline, NaivePrune and DualSpeed, side by side in one process.
 
     python -m dualspeed.bench --preset tiny            # CPU, the tiny model
-    python -m dualspeed.bench --preset 7b-slice        # GPU: a few Llama-7B-width layers, 576 visual tokens, bf16
+    python -m dualspeed.bench --preset 7b-pretrain     # GPU: Vicuna-7B + CLIP-L/336 shapes, LLM frozen (stage 1)
+    python -m dualspeed.bench --preset 7b-sft          # GPU: the same with LoRA r=128 (stage 2)
+    python -m dualspeed.bench --preset next-7b-sft     # GPU: LLaVA-NeXT anyres, 5 crops x 576 tokens, LoRA
 
-Rounds interleave the variants (so drift in machine load hits all alike), with burn-in steps first
-and device synchronisation around each timed step. DualSpeed's step time is measured on its real
-mode sequence (fast steps, and slow steps with the fast-mode teacher), with r as configured.
+The 7B presets build the real architectures at full depth with random weights (the compute per step
+is the same as with trained ones), trainable parts as in the recipe. Each round runs one step of
+every mode - full sequence, fast without isolator, fast with isolator, slow with its fast-mode
+teacher - so drift in machine load hits all alike; burn-in rounds come first and the device is
+synchronised around each timed step. Per-variant step time: baseline = full, NaivePrune = fast,
+DualSpeed = (1 - r) * fast-with-isolator + r * slow, the expectation over its mode schedule.
 """
 from __future__ import annotations
 
@@ -15,33 +20,57 @@ import statistics
 import time
 
 import torch
-from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
+from transformers import CLIPVisionConfig, LlamaConfig
 
 from . import vtp
-from .fastslow import SLOW, ModeSchedule, distill_kl
-from .model import DualSpeedLlava, Prune
+from .config import RunConfig
+from .fastslow import FAST, FULL, SLOW, mode_loss
+from .model import DualSpeedLlava, Prune, _llava_config
 
+VICUNA_7B = dict(d=4096, layers=32, heads=32, inter=11008, vocab=32064)
+CLIP_L_336 = dict(vis_d=1024, vis_layers=24, grid=24)  # 336 px at patch 14: 576 tokens per crop
 PRESETS = {
-    # hidden, layers, heads, intermediate, vocab, visual tokens (grid^2), text tokens, batch
-    "tiny": dict(d=128, layers=2, heads=4, inter=256, vocab=64, grid=8, text=48, batch=32, vis_d=64, vis_layers=2),
-    "7b-slice": dict(d=4096, layers=4, heads=32, inter=11008, vocab=32064, grid=24, text=128, batch=4, vis_d=1024,
-                     vis_layers=2),
+    # llm: how the LLM trains (frozen = projector and isolator only, as pretraining); r: slow-step probability
+    "tiny": dict(d=128, layers=2, heads=4, inter=256, vocab=64, grid=8, vis_d=64, vis_layers=2, text=48, batch=32,
+                 llm="full", r=0.1),
+    "7b-pretrain": dict(**VICUNA_7B, **CLIP_L_336, text=40, batch=32, llm="frozen", r=0.0),
+    "7b-sft": dict(**VICUNA_7B, **CLIP_L_336, text=160, batch=16, llm="lora", r=0.1),
+    # LLaVA-NeXT: square 672 px images -> a base crop + 2x2 grid crops of 336 px
+    "next-7b-sft": dict(**VICUNA_7B, **CLIP_L_336, text=160, batch=4, llm="lora", r=0.1, anyres=True),
 }
+PRESETS["tiny-next"] = {**PRESETS["tiny"], "batch": 8, "anyres": True}
+MODES = {"full": (FULL, False), "fast": (FAST, False), "fast_isolator": (FAST, True), "slow": (SLOW, True)}
+
+
+def next_pinpoints(crop: int) -> list[list[int]]:
+    """LLaVA-NeXT's anyres resolutions ([[336, 672], ...] at 336 px crops), for any crop size."""
+    return [[crop, 2 * crop], [2 * crop, crop], [2 * crop, 2 * crop], [3 * crop, crop], [crop, 3 * crop]]
 
 
 def build(p: dict, device, dtype) -> DualSpeedLlava:
+    from .train import set_trainable
+
     vision = CLIPVisionConfig(hidden_size=p["vis_d"], intermediate_size=4 * p["vis_d"], num_hidden_layers=p["vis_layers"],
                               num_attention_heads=max(1, p["vis_d"] // 64), image_size=p["grid"] * 14, patch_size=14)
     text = LlamaConfig(vocab_size=p["vocab"], hidden_size=p["d"], intermediate_size=p["inter"],
                        num_hidden_layers=p["layers"], num_attention_heads=p["heads"], num_key_value_heads=p["heads"],
                        max_position_embeddings=4096)
-    cfg = LlavaConfig(vision_config=vision, text_config=text, image_token_index=p["vocab"] - 1,
-                      vision_feature_layer=-1, vision_feature_select_strategy="default")
-    model = DualSpeedLlava(LlavaForConditionalGeneration(cfg), isolator_len=4).to(device, dtype)
-    model.requires_grad_(False)
-    model.language_model.requires_grad_(True)
-    model.llava.model.multi_modal_projector.requires_grad_(True)
-    model.isolator.requires_grad_(True)
+    cfg, cls = _llava_config(vision, text, next_pinpoints(p["grid"] * 14) if p.get("anyres") else None,
+                             image_token_index=p["vocab"] - 1, vision_feature_layer=-1,
+                             vision_feature_select_strategy="default")
+    # initialise in place on the device, in the target dtype: a 7B model built on the CPU in fp32
+    # would take minutes and 27 GB
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        with torch.device(device):
+            model = DualSpeedLlava(cls(cfg), isolator_len=4)
+    finally:
+        torch.set_default_dtype(default)
+    run_cfg = RunConfig()
+    run_cfg.train.llm = p["llm"]  # LoRA settings: the recipe's defaults (r 128, alpha 256, all linear layers)
+    set_trainable(model, run_cfg)  # the trainer's own freezing, LoRA included
+    model.to(device)
     if device == "cuda":
         model.language_model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     return model.train()
@@ -53,21 +82,24 @@ def batch(p: dict, device, dtype, gen):
     ids[:, 4] = p["vocab"] - 1  # the image placeholder
     labels = torch.full_like(ids, -100)
     labels[:, -8:] = ids[:, -8:]  # an 8-token answer
-    return {"input_ids": ids.to(device), "attention_mask": torch.ones_like(ids).to(device), "labels": labels.to(device),
-            "has_image": torch.ones(b, dtype=torch.bool, device=device),
-            "pixel_values": torch.randn(b, 3, p["grid"] * 14, p["grid"] * 14, generator=gen).to(device, dtype)}
-
-
-def step(model, opt, inputs, mode: str, prune: Prune, isolator: bool):
-    if mode == "full":
-        loss = model(**inputs).ce
-    elif mode != SLOW:
-        loss = model(**inputs, prune=prune, isolator=isolator).ce
+    side = p["grid"] * 14
+    out = {"input_ids": ids.to(device), "attention_mask": torch.ones_like(ids).to(device), "labels": labels.to(device),
+           "has_image": torch.ones(b, dtype=torch.bool, device=device)}
+    if p.get("anyres"):
+        out["pixel_values"] = torch.randn(b, 5, 3, side, side, generator=gen).to(device, dtype)
+        out["image_sizes"] = torch.tensor([[2 * side, 2 * side]] * b, device=device)
     else:
-        with torch.no_grad():
-            teacher = model(**inputs, prune=prune, isolator=True)
-        out = model(**inputs)
-        loss = out.ce + distill_kl(out.answer_logits, teacher.answer_logits)
+        out["pixel_values"] = torch.randn(b, 3, side, side, generator=gen).to(device, dtype)
+    return out
+
+
+def step(model, opt, inputs, mode: str, prune: Prune, isolator: bool) -> None:
+    """One optimizer step with the trainer's own per-mode loss (fastslow.mode_loss). On a GPU the
+    forward runs under bf16 autocast, as the HF Trainer's bf16=True does: peft keeps LoRA weights in
+    fp32, and without autocast their matmuls would run in fp32."""
+    device = inputs["input_ids"].device.type
+    with torch.autocast(device, dtype=torch.bfloat16, enabled=device == "cuda"):
+        loss = mode_loss(model, inputs, mode, prune, isolator).loss
     loss.backward()
     opt.step()
     opt.zero_grad(set_to_none=True)
@@ -78,42 +110,54 @@ def sync(device):
         torch.cuda.synchronize()
 
 
-def run(preset: str, steps: int, burn_in: int, p_ratio: float, r: float, device: str, dtype) -> dict:
+def run(preset: str, steps: int, burn_in: int, p_ratio: float, r: float | None, device: str, dtype) -> dict:
     p = PRESETS[preset]
+    r = p["r"] if r is None else r
     gen = torch.Generator().manual_seed(0)
     model = build(p, device, dtype)
     opt = torch.optim.AdamW([q for q in model.parameters() if q.requires_grad], lr=1e-5)
     inputs = batch(p, device, dtype, gen)
     prune = Prune("divprune", p_ratio)
-    sched = ModeSchedule(r, seed=0)
-    variants = {"baseline": lambda i: ("full", False), "naiveprune": lambda i: ("fast", False),
-                "dualspeed": lambda i: (sched.mode(i), True)}
-    times: dict[str, list[float]] = {v: [] for v in variants}
-    slow_steps = 0
+    modes = [m for m in MODES if m != "slow" or r > 0]  # pretraining never runs slow steps
+    times: dict[str, list[float]] = {m: [] for m in modes}
     for i in range(burn_in + steps):
-        for name, pick in variants.items():
-            mode, iso = pick(i)
+        for m in modes:
             sync(device)
             t0 = time.perf_counter()
-            step(model, opt, inputs, mode, prune, iso)
+            mode, isolator = MODES[m]
+            step(model, opt, inputs, mode, prune, isolator)
             sync(device)
             if i >= burn_in:
-                times[name].append(time.perf_counter() - t0)
-                slow_steps += name == "dualspeed" and mode == SLOW
-    mean = {k: statistics.fmean(v) for k, v in times.items()}
-    base = mean["baseline"]
-    out = {"preset": preset, "device": torch.cuda.get_device_name(0) if device == "cuda" else f"cpu x{torch.get_num_threads()}",
-           "dtype": str(dtype), "steps": steps, "p": p_ratio, "r": r, "dualspeed_slow_steps": slow_steps,
-           "visual_tokens_full": p["grid"] ** 2, "visual_tokens_fast": vtp.keep_count(p["grid"] ** 2, p_ratio) + 4,
-           "step_time_s": mean, "median_step_time_s": {k: statistics.median(v) for k, v in times.items()},
-           "speedup_vs_baseline": {k: base / v for k, v in mean.items()}}
-    out["divprune_ms_per_image"] = divprune_cost(p, device, dtype)
-    return out
+                times[m].append(time.perf_counter() - t0)
+    mean = {m: statistics.fmean(v) for m, v in times.items()}
+    variant = {"baseline": mean["full"], "naiveprune": mean["fast"],
+               "dualspeed": (1 - r) * mean["fast_isolator"] + r * mean.get("slow", 0.0)}
+    return {
+        "preset": preset, "device": torch.cuda.get_device_name(0) if device == "cuda" else f"cpu x{torch.get_num_threads()}",
+        "dtype": str(dtype), "batch": p["batch"], "llm": p["llm"], "steps": steps, "burn_in": burn_in, "p": p_ratio,
+        "r": r, **visual_tokens(model, inputs, prune, p["batch"]),
+        "mode_step_time_s": mean, "mode_median_step_time_s": {m: statistics.median(v) for m, v in times.items()},
+        "step_time_s": variant, "speedup_vs_baseline": {k: variant["baseline"] / v for k, v in variant.items()},
+        "peak_gpu_mem_gb": torch.cuda.max_memory_allocated() / 2**30 if device == "cuda" else None,
+        "cudnn_attention": torch.backends.cuda.cudnn_sdp_enabled() if device == "cuda" else None,
+        **divprune_cost(p, device, dtype),
+    }
 
 
-def divprune_cost(p: dict, device, dtype, reps: int = 5) -> float:
+@torch.no_grad()
+def visual_tokens(model, inputs, prune, batch: int) -> dict:
+    """Visual tokens per sample as the model feeds them to the LLM in each mode (LLaVA-NeXT full:
+    crops packed with a newline token per grid row)."""
+    return {"visual_tokens_full": model(**inputs).visual_tokens // batch,
+            "visual_tokens_fast": model(**inputs, prune=prune).visual_tokens // batch,
+            "visual_tokens_fast_isolator": model(**inputs, prune=prune, isolator=True).visual_tokens // batch}
+
+
+def divprune_cost(p: dict, device, dtype, reps: int = 5) -> dict:
+    """DivPrune time for one training batch of crops (N = grid^2 tokens of width d), all at once."""
     n = p["grid"] ** 2
-    feats = torch.randn(p["batch"], n, p["d"], device=device, dtype=dtype)
+    crops = p["batch"] * (5 if p.get("anyres") else 1)
+    feats = torch.randn(crops, n, p["d"], device=device, dtype=dtype)
     k = vtp.keep_count(n, 0.9)
     method = vtp.get("divprune")
     method(feats, k)
@@ -122,7 +166,7 @@ def divprune_cost(p: dict, device, dtype, reps: int = 5) -> float:
     for _ in range(reps):
         method(feats, k)
     sync(device)
-    return 1000 * (time.perf_counter() - t0) / (reps * p["batch"])
+    return {"divprune_crops_per_batch": crops, "divprune_ms_per_batch": 1000 * (time.perf_counter() - t0) / reps}
 
 
 def eval_throughput(ckpt: str, data: str, rounds: int = 3, n: int = 200, batch_size: int = 64) -> dict:
@@ -150,10 +194,12 @@ def eval_throughput(ckpt: str, data: str, rounds: int = 3, n: int = 200, batch_s
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--preset", choices=sorted(PRESETS), default="tiny")
-    ap.add_argument("--steps", type=int, default=30)
+    ap.add_argument("--steps", type=int, default=20, help="timed rounds (one step of every mode each)")
     ap.add_argument("--burn-in", type=int, default=3)
     ap.add_argument("--p", type=float, default=0.9)
-    ap.add_argument("--r", type=float, default=0.1)
+    ap.add_argument("--r", type=float, help="slow-step probability (default: the preset's; 0 for pretraining)")
+    ap.add_argument("--no-cudnn-attention", action="store_true",
+                    help="keep SDPA off its cuDNN backend (a comparison: its per-call CPU cost can dominate)")
     ap.add_argument("--out")
     ap.add_argument("--eval-ckpt", help="instead: inference throughput of this checkpoint in each mode")
     ap.add_argument("--eval-data", default="resources/synth")
@@ -165,6 +211,8 @@ def main(argv=None):
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
     if device == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
+        if a.no_cudnn_attention:
+            torch.backends.cuda.enable_cudnn_sdp(False)
     res = run(a.preset, a.steps, a.burn_in, a.p, a.r, device, dtype)
     text = json.dumps(res, indent=2)
     if a.out:

@@ -1,4 +1,5 @@
-"""Fast-slow training pieces: the mode schedule, the mode isolator and the self-distillation loss."""
+"""Fast-slow training pieces: the mode schedule, the mode isolator, the self-distillation loss, and
+the loss of one step in a given mode (shared by the trainer and the benchmark)."""
 from __future__ import annotations
 
 import hashlib
@@ -9,6 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 FAST, SLOW = "fast", "slow"
+FULL = "full"  # a step of a stage that never prunes (the baseline)
 
 
 @dataclass(frozen=True)
@@ -71,3 +73,40 @@ def distill_kl(student: torch.Tensor, teacher: torch.Tensor, tau: float = 1.0) -
     log_p_s = F.log_softmax(student.float() / tau, dim=-1)
     log_p_t = F.log_softmax(teacher.float() / tau, dim=-1)
     return F.kl_div(log_p_s, log_p_t, log_target=True, reduction="batchmean")
+
+
+@dataclass
+class StepLoss:
+    loss: torch.Tensor
+    visual_tokens: int  # fed to the LLM in this step, the teacher's forward included
+    teacher_ce: torch.Tensor | None = None  # fast-mode CE (the fast step itself, or the slow step's teacher)
+    student_ce: torch.Tensor | None = None  # full-sequence CE
+    kl: torch.Tensor | None = None
+    out: object = None  # the forward whose graph `loss` hangs on
+
+
+def mode_loss(model, inputs: dict, mode: str, prune, isolator: bool, distill: bool = True, tau: float = 1.0,
+              lam: float = 1.0, teacher_model=None) -> StepLoss:
+    """L_fast = CE on pruned (+ isolator) tokens; L_slow = CE on the full sequence + lam * KL to the
+    fast-mode teacher; FULL = plain CE. `teacher_model` is the same network without wrappers (DDP,
+    DeepSpeed), so the no-grad teacher forward does not touch their gradient hooks."""
+    if mode == FULL:
+        out = model(**inputs)
+        return StepLoss(out.ce, out.visual_tokens, student_ce=out.ce.detach(), out=out)
+    if mode == FAST:
+        out = model(**inputs, prune=prune, isolator=isolator)
+        return StepLoss(out.ce, out.visual_tokens, teacher_ce=out.ce.detach(), out=out)
+    if mode != SLOW:
+        raise ValueError(f"unknown training mode {mode!r}; expected {FAST}, {SLOW} or {FULL}")
+    teacher = None
+    if distill:
+        # the teacher is this same model in fast mode; no gradient flows through it
+        with torch.no_grad():
+            teacher = (teacher_model or model)(**inputs, prune=prune, isolator=isolator)
+    out = model(**inputs)
+    student_ce = out.ce
+    if teacher is None:
+        return StepLoss(student_ce, out.visual_tokens, student_ce=student_ce.detach(), out=out)
+    kl = distill_kl(out.answer_logits, teacher.answer_logits, tau)
+    return StepLoss(student_ce + lam * kl, out.visual_tokens + teacher.visual_tokens, teacher_ce=teacher.ce.detach(),
+                    student_ce=student_ce.detach(), kl=kl.detach(), out=out)

@@ -24,12 +24,11 @@ from transformers.trainer_utils import get_last_checkpoint
 from . import provenance
 from .config import RunConfig, dump_config, load_config
 from .data import Collator, LlavaDataset
-from .fastslow import FAST, SLOW, ModeSchedule, distill_kl
+from .fastslow import FAST, FULL, SLOW, ModeSchedule, mode_loss
 from .model import (DualSpeedLlava, Prune, export_hf, load_components, load_trainable, reinit_projector,
                     save_trainable)
 
 log = logging.getLogger("dualspeed.train")
-FULL = "full"  # a step of a stage that never prunes
 
 
 def set_trainable(model: DualSpeedLlava, cfg: RunConfig) -> dict[str, int]:
@@ -141,28 +140,11 @@ class DualSpeedTrainer(Trainer):
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         fs = self.run_cfg.fastslow
         mode = self.current_mode()
-        if mode == FULL:
-            out = model(**inputs)
-            loss = out.ce
-            self._record(mode, loss.detach(), inputs, out.visual_tokens, student_ce=loss.detach())
-        elif mode == FAST:
-            out = model(**inputs, prune=self.prune, isolator=fs.isolator)
-            loss = out.ce
-            self._record(mode, loss.detach(), inputs, out.visual_tokens, teacher_ce=loss.detach())
-        else:
-            teacher = None
-            if fs.distill:
-                # The teacher is this same model in fast mode; no gradient flows through it.
-                with torch.no_grad():
-                    teacher = self.accelerator.unwrap_model(model)(**inputs, prune=self.prune, isolator=fs.isolator)
-            out = model(**inputs)
-            student_ce = out.ce
-            kl = distill_kl(out.answer_logits, teacher.answer_logits, fs.tau) if teacher is not None else None
-            loss = student_ce + fs.lam * kl if kl is not None else student_ce
-            self._record(mode, loss.detach(), inputs, out.visual_tokens + (teacher.visual_tokens if teacher else 0),
-                         teacher_ce=teacher.ce.detach() if teacher else None, student_ce=student_ce.detach(),
-                         kl=kl.detach() if kl is not None else None)
-        return (loss, out) if return_outputs else loss
+        r = mode_loss(model, inputs, mode, self.prune, fs.isolator, fs.distill, fs.tau, fs.lam,
+                      teacher_model=self.accelerator.unwrap_model(model))
+        self._record(mode, r.loss.detach(), inputs, r.visual_tokens, teacher_ce=r.teacher_ce,
+                     student_ce=r.student_ce, kl=r.kl)
+        return (r.loss, r.out) if return_outputs else r.loss
 
     def create_optimizer(self):
         if self.optimizer is not None:

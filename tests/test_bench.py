@@ -4,7 +4,18 @@ from dualspeed.bench import run
 def test_bench_times_three_variants_side_by_side():
     res = run("tiny", steps=2, burn_in=1, p_ratio=0.9, r=0.5, device="cpu", dtype=__import__("torch").float32)
     assert set(res["step_time_s"]) == {"baseline", "naiveprune", "dualspeed"}
+    assert set(res["mode_step_time_s"]) == {"full", "fast", "fast_isolator", "slow"}
     assert res["speedup_vs_baseline"]["baseline"] == 1.0
-    assert all(t > 0 for t in res["step_time_s"].values())
-    assert res["visual_tokens_fast"] == 6 + 4 and res["visual_tokens_full"] == 64
-    assert res["divprune_ms_per_image"] > 0
+    assert all(t > 0 for t in res["mode_step_time_s"].values())
+    m = res["mode_step_time_s"]
+    assert abs(res["step_time_s"]["dualspeed"] - (0.5 * m["fast_isolator"] + 0.5 * m["slow"])) < 1e-12
+    assert res["visual_tokens_full"] == 64
+    assert res["visual_tokens_fast"] == 6 and res["visual_tokens_fast_isolator"] == 6 + 4
+    assert res["divprune_ms_per_batch"] > 0 and res["divprune_crops_per_batch"] == 32
+
+
+def test_bench_llava_next_prunes_every_crop():
+    res = run("tiny-next", steps=1, burn_in=0, p_ratio=0.9, r=0.5, device="cpu", dtype=__import__("torch").float32)
+    # 5 crops of 64 tokens; unpruned they are packed with one newline per grid row (16 rows)
+    assert res["visual_tokens_full"] == 5 * 64 + 16
+    assert res["visual_tokens_fast"] == 5 * 6 and res["visual_tokens_fast_isolator"] == 5 * 6 + 4
