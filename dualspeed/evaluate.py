@@ -48,10 +48,12 @@ def main(argv=None):
     ap.add_argument("--ratio", type=float, help="p for pruned modes (default: the run's own)")
     ap.add_argument("--point", default="{}", help="JSON describing the grid point, copied into the output")
     ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     ap.add_argument("--out")
     a = ap.parse_args(argv)
     res = evaluate(a.ckpt, a.data, a.tasks.split(","), a.mode, a.limit or None, batch_size=a.batch_size,
-                   method=a.method, ratio=a.ratio)
+                   method=a.method, ratio=a.ratio, device=a.device, dtype=a.dtype)
     res = {"point": json.loads(a.point), "checkpoint": a.ckpt, "backend": "synthetic", **res,
            "provenance": provenance.collect()}
     print(provenance.write_json(a.out, res) if a.out else json.dumps(res, indent=2))

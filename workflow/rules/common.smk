@@ -155,16 +155,17 @@ def eval_inputs(wc):
 def eval_command():
     """The evaluation CLI with its per-config arguments (everything but checkpoint, mode and output)."""
     e = config["eval"]
-    common = f"--tasks {','.join(e['tasks'])} --batch-size {e['batch_size']} --limit {e.get('limit', 0)}"
-    if e["backend"] == "synthetic":
-        return f"python -m dualspeed.evaluate --data {config['data']['root']} {common}"
     device = "cuda" if config["resources"]["eval"]["gpus"] else "cpu"
     dtype = "bfloat16" if device == "cuda" else "float32"
+    common = (f"--tasks {','.join(e['tasks'])} --batch-size {e['batch_size']} --limit {e.get('limit', 0)} "
+              f"--device {device} --dtype {dtype}")
+    if e["backend"] == "synthetic":
+        return f"python -m dualspeed.evaluate --data {config['data']['root']} {common}"
     if config["data"]["kind"] == "synthetic":
         where = f"--include-path {config['data']['root']}/lmms_tasks"
     else:
         where = "--hf-home resources/hf_home"
-    return f"python -m dualspeed.lmms.run {where} --device {device} --dtype {dtype} {common}"
+    return f"python -m dualspeed.lmms.run {where} {common}"
 
 
 def eval_params(wc):
