@@ -140,3 +140,27 @@ def test_smoke_pipeline_end_to_end_with_a_new_vtp_method(tmp_path):
     smk("--configfile", "config/smoke.yaml", "config/smoke_plus.yaml", "--report", "report.html", cwd=work, env=env)
     html = (work / "report.html").read_text(errors="ignore")
     assert "pareto.png" in html and "ablation.md" in html
+
+
+def test_smoke_llava_next_main_table_end_to_end(tmp_path):
+    """The anyres path through the whole pipeline: warm-up, pretraining and SFT of a tiny LLaVA-NeXT,
+    evaluation in every mode, the main table - and nothing the table does not need."""
+    work = tmp_path / "wf"
+    work.mkdir()
+    for item in ("Snakefile", "workflow", "config", "environment.yml"):
+        src = ROOT / item
+        (shutil.copytree if src.is_dir() else shutil.copy)(src, work / item)
+    env = {"HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1",
+           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    cfg = ["--configfile", "config/smoke.yaml", "config/smoke_next.yaml"]
+    smk("results/smoke-next/tables/main.md", "--cores", "2", *cfg, cwd=work, env=env, timeout=1500)
+    res = work / "results" / "smoke-next"
+    main = (res / "tables" / "main.md").read_text()
+    assert "dualspeed (divprune, p=0.9 r=0.1)" in main and "LLaVA-NeXT-7B numbers" in main and "99.04" in main
+    run = work / "runs" / "smoke-next" / "sft" / "dualspeed" / "divprune" / "p0.9" / "r0.1"
+    assert json.loads((run / "hf" / "config.json").read_text())["model_type"] == "llava_next"
+    metrics = res / "metrics" / "dualspeed" / "divprune" / "p0.9" / "r0.1"
+    # 5 crops x 16 tokens: packed with 8 row newlines unpruned; each crop keeps floor(0.1 * 16) = 1 pruned
+    assert json.loads((metrics / "normal.json").read_text())["visual_tokens_per_sample"] == 5 * 16 + 8
+    assert json.loads((metrics / "pruned.json").read_text())["visual_tokens_per_sample"] == 5 * 1 + 4
+    assert not (work / "runs" / "smoke-next" / "sft" / "dualspeed_noiso").exists()

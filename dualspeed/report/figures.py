@@ -18,7 +18,7 @@ import pandas as pd  # noqa: E402
 from .. import recipe  # noqa: E402
 from ..variants import table_points  # noqa: E402
 from .collect import Scorer  # noqa: E402
-from .tables import paper_reference  # noqa: E402
+from .tables import is_llava_next, paper_reference  # noqa: E402
 
 
 def pareto_front(xy: list[tuple[float, float]]) -> list[tuple[float, float]]:
@@ -48,7 +48,7 @@ def pareto(cfg: dict, ax):
         ax.scatter(*xy, marker=marker, s=120, label=v)
     front = pareto_front(allxy)
     ax.plot([x for x, _ in front], [y for _, y in front], "k--", lw=1, label="Pareto frontier (ours)")
-    ref = paper_reference()["pareto_point"]
+    ref = paper_reference()["pareto_point_llava_next" if is_llava_next(cfg) else "pareto_point"]
     ax.scatter(ref["speedup"], ref["rel_perf"], marker="P", s=140, c="red", label=ref["label"])
     ax.set_xlabel("training speedup over baseline (x)")
     ax.set_ylabel("relative performance, normal inference (%)")

@@ -19,10 +19,25 @@ REL = ("Relative performance = mean over benchmarks of (score / baseline score u
 SPD = ("Speedup = baseline training wall time / variant wall time, per stage and overall "
        "(pretraining + SFT; the tiny recipe's shared warm-up is excluded).")
 PAPER = "Columns marked 'paper' are the published LLaVA-1.5-7B numbers; '-' where the paper reports none."
+PAPER_NEXT = ("Columns marked 'paper' are the published LLaVA-NeXT-7B numbers (DualSpeed only); "
+              "'-' where the paper reports none.")
+PAPER_NEXT_ABLATIONS = ("Columns marked 'paper' are the published LLaVA-1.5-7B numbers: the paper reports this "
+                        "table for LLaVA-1.5 only.")
 
 
 def paper_reference() -> dict:
     return yaml.safe_load(resources.files("dualspeed.report").joinpath("paper_reference.yaml").read_text())
+
+
+def is_llava_next(cfg: dict) -> bool:
+    """An anyres recipe: the paper's LLaVA-NeXT-7B numbers are the ones to compare with."""
+    return bool(cfg.get("model", {}).get("image_grid_pinpoints"))
+
+
+def _main_reference(ref: dict, cfg: dict) -> dict:
+    if not is_llava_next(cfg):
+        return ref["main"]
+    return {"baseline": ref["main"]["baseline"], "dualspeed": ref["main"]["dualspeed_llava_next"]}
 
 
 def _label(pt) -> str:
@@ -37,8 +52,10 @@ def build(cfg: dict, name: str) -> tuple[pd.DataFrame, str]:
     sc = Scorer(cfg)
     ref = paper_reference()
     modes = cfg["eval"]["modes"]
+    paper = PAPER_NEXT_ABLATIONS if is_llava_next(cfg) else PAPER
     rows = []
     if name == "main":
+        main_ref = _main_reference(ref, cfg)
         for pt in pts:
             m = metrics(cfg, pt, "normal")
             sp = sc.speedups(pt)
@@ -46,9 +63,9 @@ def build(cfg: dict, name: str) -> tuple[pd.DataFrame, str]:
                          "rel. perf. %": sc.rel_perf(pt), "pretrain s": sp["pretrain_s"], "SFT s": sp["sft_s"],
                          "speedup pretrain": sp["speedup_pretrain"], "speedup SFT": sp["speedup_sft"],
                          "speedup overall": sp["speedup_overall"],
-                         "paper rel. perf. %": ref["main"].get(pt.variant, {}).get("rel_perf"),
-                         "paper speedup": ref["main"].get(pt.variant, {}).get("speedup_overall")})
-        caption = f"Main results (normal inference). {REL} {SPD} {PAPER}"
+                         "paper rel. perf. %": main_ref.get(pt.variant, {}).get("rel_perf"),
+                         "paper speedup": main_ref.get(pt.variant, {}).get("speedup_overall")})
+        caption = f"Main results (normal inference). {REL} {SPD} {PAPER_NEXT if is_llava_next(cfg) else PAPER}"
     elif name == "mismatch":
         for pt in pts:
             row = {"run": _label(pt)}
@@ -57,7 +74,7 @@ def build(cfg: dict, name: str) -> tuple[pd.DataFrame, str]:
                 row[f"paper {mode} %"] = ref["mismatch"].get(pt.variant, {}).get(mode)
             rows.append(row)
         caption = (f"Training-inference mismatch: each run under normal inference, pruned inference (the run's VTP "
-                   f"method and p, with the isolator) and pruned inference without the isolator. {REL} {PAPER}")
+                   f"method and p, with the isolator) and pruned inference without the isolator. {REL} {paper}")
     elif name in ("ablation", "per_stage"):
         for pt in pts:
             sp = sc.speedups(pt)
@@ -68,7 +85,7 @@ def build(cfg: dict, name: str) -> tuple[pd.DataFrame, str]:
             rows.append(row)
         caption = ("Component ablation: NaivePrune -> + fast-slow -> + isolator -> + distillation (= DualSpeed), "
                    "and DualSpeed without the isolator. " if name == "ablation" else
-                   "VTP per stage: none, pretraining only, SFT only, both (= NaivePrune). ") + f"{REL} {SPD} {PAPER}"
+                   "VTP per stage: none, pretraining only, SFT only, both (= NaivePrune). ") + f"{REL} {SPD} {paper}"
     else:
         for pt in pts:
             sp = sc.speedups(pt)

@@ -176,7 +176,7 @@ def eval_params(wc):
 
 
 # -- report -------------------------------------------------------------------------------------
-REPORT_CFG = json.dumps({k: config[k] for k in ("grid", "runs_dir", "results_dir", "eval", "fastslow")})
+REPORT_CFG = json.dumps({k: config[k] for k in ("grid", "runs_dir", "results_dir", "eval", "fastslow", "model")})
 
 
 def figure_inputs(wc):
