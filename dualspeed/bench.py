@@ -25,7 +25,7 @@ from transformers import CLIPVisionConfig, LlamaConfig
 from . import vtp
 from .config import RunConfig
 from .fastslow import FAST, FULL, SLOW, mode_loss
-from .model import DualSpeedLlava, Prune, _llava_config
+from .model import DualSpeedLlava, Prune, llava_config
 
 VICUNA_7B = dict(d=4096, layers=32, heads=32, inter=11008, vocab=32064)
 CLIP_L_336 = dict(vis_d=1024, vis_layers=24, grid=24)  # 336 px at patch 14: 576 tokens per crop
@@ -55,7 +55,7 @@ def build(p: dict, device, dtype) -> DualSpeedLlava:
     text = LlamaConfig(vocab_size=p["vocab"], hidden_size=p["d"], intermediate_size=p["inter"],
                        num_hidden_layers=p["layers"], num_attention_heads=p["heads"], num_key_value_heads=p["heads"],
                        max_position_embeddings=4096)
-    cfg, cls = _llava_config(vision, text, next_pinpoints(p["grid"] * 14) if p.get("anyres") else None,
+    cfg, cls = llava_config(vision, text, next_pinpoints(p["grid"] * 14) if p.get("anyres") else None,
                              image_token_index=p["vocab"] - 1, vision_feature_layer=-1,
                              vision_feature_select_strategy="default")
     # initialise in place on the device, in the target dtype: a 7B model built on the CPU in fp32

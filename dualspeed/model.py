@@ -273,7 +273,7 @@ def check_pinpoints(grid_pinpoints: list, crop: int, key: str = "model.image_gri
     return out
 
 
-def _llava_config(vision, text, grid_pinpoints: list | None, **kw):
+def llava_config(vision, text, grid_pinpoints: list | None, **kw):
     """LLaVA-1.5 config, or LLaVA-NeXT (anyres) when grid pinpoints are given -> (config, model class)."""
     if grid_pinpoints:
         return (LlavaNextConfig(vision_config=vision, text_config=text, image_grid_pinpoints=grid_pinpoints, **kw),
@@ -297,7 +297,7 @@ def build_tiny(cfg: TinyModelConfig, tokenizer, seed: int = 0, grid_pinpoints: l
                        pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
                        eos_token_id=tokenizer.eos_token_id, tie_word_embeddings=False)
     n_tokens = (cfg.image_size // cfg.patch_size) ** 2
-    config, cls = _llava_config(vision, text, grid_pinpoints, image_token_index=image_id, vision_feature_layer=-1,
+    config, cls = llava_config(vision, text, grid_pinpoints, image_token_index=image_id, vision_feature_layer=-1,
                                 vision_feature_select_strategy="default", projector_hidden_act="gelu",
                                 image_seq_length=n_tokens)
     with torch.random.fork_rng(devices=[]):
@@ -330,6 +330,8 @@ def sincos_2d(grid: int, dim: int) -> torch.Tensor:
 
 def _compose(cfg: ModelConfig, dtype):
     """LLM + CLIP + a fresh projector: the starting point of pretraining from scratch."""
+    # bad anyres resolutions fail on the tower's small config, before 7B of weights are read
+    pinpoints = check_pinpoints(cfg.image_grid_pinpoints, CLIPVisionConfig.from_pretrained(cfg.vision_tower).image_size)
     tokenizer = AutoTokenizer.from_pretrained(cfg.llm, use_fast=True)
     if IMAGE_TOKEN not in tokenizer.get_vocab():
         tokenizer.add_special_tokens({"additional_special_tokens": [IMAGE_TOKEN]})
@@ -339,8 +341,7 @@ def _compose(cfg: ModelConfig, dtype):
     llm.resize_token_embeddings(len(tokenizer))
     vision = CLIPVisionModel.from_pretrained(cfg.vision_tower, torch_dtype=dtype)
     crop = vision.config.image_size
-    pinpoints = check_pinpoints(cfg.image_grid_pinpoints, crop)
-    config, cls = _llava_config(vision.config, llm.config, pinpoints,
+    config, cls = llava_config(vision.config, llm.config, pinpoints,
                                 image_token_index=tokenizer.convert_tokens_to_ids(IMAGE_TOKEN),
                                 vision_feature_layer=cfg.vision_feature_layer, vision_feature_select_strategy="default",
                                 projector_hidden_act="gelu", image_seq_length=(crop // vision.config.patch_size) ** 2)

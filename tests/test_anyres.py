@@ -138,3 +138,44 @@ def test_train_export_and_infer_a_tiny_llava_next(next_data, synth_dir, tmp_path
 def test_pinpoints_that_are_not_whole_crops_are_refused(tokenizer):
     with pytest.raises(ValueError, match="image_grid_pinpoints.*multiples of the crop size 16"):
         build_tiny(TinyModelConfig(image_size=CROP), tokenizer, grid_pinpoints=[[16, 24]])
+
+
+@pytest.mark.parametrize("pinpoints", [[], PINPOINTS])
+def test_compose_builds_either_family_from_an_llm_and_a_clip(tokenizer, tmp_path, pinpoints):
+    """source=compose (real recipes' stage 1) on small local stand-ins for Vicuna and CLIP: nothing is left
+    on the meta device, the newline token is real, and the processor matches the family."""
+    from transformers import CLIPVisionConfig, CLIPVisionModel, LlamaConfig, LlamaForCausalLM, LlavaNextImageProcessor
+
+    from dualspeed.config import ModelConfig
+    from dualspeed.model import load_components
+
+    llm = LlamaForCausalLM(LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64,
+                                       num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=2))
+    llm.save_pretrained(tmp_path / "llm")
+    tokenizer.save_pretrained(tmp_path / "llm")
+    CLIPVisionModel(CLIPVisionConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
+                                     image_size=CROP, patch_size=4)).save_pretrained(tmp_path / "clip")
+    tiny_image_processor(CROP).save_pretrained(tmp_path / "clip")
+    cfg = ModelConfig(source="compose", llm=str(tmp_path / "llm"), vision_tower=str(tmp_path / "clip"),
+                      image_grid_pinpoints=pinpoints)
+    llava, tok, proc = load_components(cfg)
+    assert not any(p.is_meta for p in llava.parameters())
+    assert llava.config.model_type == ("llava_next" if pinpoints else "llava")
+    assert isinstance(proc, LlavaNextImageProcessor) == bool(pinpoints)
+    if pinpoints:
+        assert llava.model.image_newline.abs().sum() > 0
+    model = DualSpeedLlava(llava).eval()
+    ids = torch.tensor([[tok.bos_token_id, model.image_token_id, 5, 6, 7]])
+    labels = torch.tensor([[-100, -100, -100, 6, 7]])
+    side = 2 * CROP if pinpoints else CROP
+    from dualspeed.data import process_image, stack_images
+
+    images = stack_images([process_image(Image.new("RGB", (side, side), "red"), proc)])
+    with torch.no_grad():
+        out = model(ids, torch.ones_like(ids), labels, has_image=torch.tensor([True]), **images)
+    assert torch.isfinite(out.ce)
+
+    bad = ModelConfig(source="compose", llm=str(tmp_path / "llm"), vision_tower=str(tmp_path / "clip"),
+                      image_grid_pinpoints=[[CROP, CROP + 1]])
+    with pytest.raises(ValueError, match="image_grid_pinpoints"):
+        load_components(bad)
