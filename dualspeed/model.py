@@ -38,6 +38,7 @@ from transformers import (
     LlavaNextImageProcessor,
 )
 from transformers.models.llava_next.modeling_llava_next import image_size_to_num_patches
+from transformers.utils import ModelOutput
 
 from . import vtp
 from .config import ModelConfig, TinyModelConfig
@@ -62,10 +63,13 @@ class Prune:
 
 
 @dataclass
-class Forward:
-    answer_logits: torch.Tensor  # [M, V] logits at the positions that predict an answer token
-    targets: torch.Tensor  # [M] the answer tokens
-    visual_tokens: int  # visual tokens fed to the LLM in this batch (isolator included)
+class Forward(ModelOutput):
+    """A dict subclass (ModelOutput), so DeepSpeed ZeRO-3 can find the tensors in a module's output and hook
+    its backward; a plain dataclass drew its 'unknown inputs or outputs type' warning."""
+
+    answer_logits: torch.Tensor | None = None  # [M, V] logits at the positions that predict an answer token
+    targets: torch.Tensor | None = None  # [M] the answer tokens
+    visual_tokens: int | None = None  # visual tokens fed to the LLM in this batch (isolator included)
     logits: torch.Tensor | None = None  # [B, T, V] when asked for
     labels: torch.Tensor | None = None  # [B, T] spliced labels when logits are asked for
 
