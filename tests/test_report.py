@@ -1,7 +1,7 @@
 import pytest
 
 from dualspeed.report.collect import MissingRun
-from dualspeed.report.figures import pareto_front
+from dualspeed.report.figures import pareto_front, place_labels
 from dualspeed.report.tables import build, paper_reference
 
 
@@ -22,6 +22,21 @@ def test_missing_run_is_named_with_the_command_to_build_it(tmp_path):
 def test_pareto_front_keeps_only_undominated_points():
     pts = [(1.0, 100.0), (1.5, 90.0), (1.4, 80.0), (2.0, 50.0), (1.5, 85.0)]
     assert pareto_front(pts) == [(1.0, 100.0), (1.5, 90.0), (2.0, 50.0)]
+
+
+def test_pareto_labels_of_crowded_points_do_not_overprint():
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7.5, 5.2))
+    pts = [(1.27, 85.0), (1.275, 82.4), (1.5, 81.1), (1.48, 76.7), (1.62, 76.1), (1.66, 68.3), (1.7, 68.5)]
+    ax.scatter(*zip(*pts))
+    ax.scatter([1.0, 2.0], [100.0, 36.0])
+    place_labels(ax, [(xy, f"p={xy[0]:g},r={xy[1]:g}") for xy in pts])
+    renderer = fig.canvas.get_renderer()
+    boxes = [t.get_window_extent(renderer) for t in ax.texts]
+    plt.close(fig)
+    assert len(boxes) == len(pts)
+    assert not any(a.overlaps(b) for i, a in enumerate(boxes) for b in boxes[i + 1:])
 
 
 def test_paper_reference_holds_the_headline_numbers():

@@ -27,20 +27,47 @@ def pareto_front(xy: list[tuple[float, float]]) -> list[tuple[float, float]]:
     return sorted(set(front))
 
 
+# label offsets (points) tried in order: right-above, right-below, left-above, left-below, above, below
+_OFFSETS = ((5, 4, "left", "bottom"), (5, -4, "left", "top"), (-5, 4, "right", "bottom"),
+            (-5, -4, "right", "top"), (0, 7, "center", "bottom"), (0, -7, "center", "top"))
+
+
+def place_labels(ax, items: list[tuple[tuple[float, float], str]], marker_px: float = 7.0):
+    """Annotate each point at the first offset whose text box hits no earlier label and no marker.
+
+    The sweeps put several points within a few pixels of each other, where a fixed offset overprints."""
+    ax.figure.canvas.draw()  # settles autoscaled limits, so data-to-pixel transforms are final
+    renderer = ax.figure.canvas.get_renderer()
+    markers = [ax.transData.transform(xy) for xy, _ in items]
+    placed = []
+
+    def clear(box, own: int) -> bool:
+        if any(box.overlaps(b) for b in placed):
+            return False
+        return not any(j != own and box.x0 - marker_px < mx < box.x1 + marker_px
+                       and box.y0 - marker_px < my < box.y1 + marker_px for j, (mx, my) in enumerate(markers))
+
+    for n, (xy, text) in enumerate(items):
+        for i, (dx, dy, ha, va) in enumerate(_OFFSETS):
+            ann = ax.annotate(text, xy, textcoords="offset points", xytext=(dx, dy), ha=ha, va=va, fontsize=7)
+            box = ann.get_window_extent(renderer)
+            if clear(box, n) or i == len(_OFFSETS) - 1:
+                placed.append(box)
+                break
+            ann.remove()
+
+
 def pareto(cfg: dict, ax):
     sc = Scorer(cfg)
     tp = table_points(cfg["grid"])
     series = {"p sweep (r fixed)": [p for p in tp["p_sweep"] if p.variant == "dualspeed"],
               "r sweep (p fixed)": [p for p in tp["r_sweep"] if p.variant == "dualspeed"]}
-    allxy, named = [], set()
+    allxy, labels = [], {}
     for (label, pts), marker in zip(series.items(), ("o", "s")):
         xy = [(sc.speedups(pt)["speedup_overall"], sc.rel_perf(pt)) for pt in pts]
         allxy += xy
         ax.scatter([x for x, _ in xy], [y for _, y in xy], marker=marker, s=50, label=f"DualSpeed, {label}")
-        for (x, y), pt in zip(xy, pts):
-            if pt not in named:  # the default point sits in both sweeps
-                named.add(pt)
-                ax.annotate(f"p={pt.p:g},r={pt.r:g}", (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
+        labels.update({pt: xy_ for xy_, pt in zip(xy, pts)})  # the default point sits in both sweeps: one label
     for v, marker in (("baseline", "*"), ("naiveprune", "X")):
         pt = next(p for p in tp["main"] if p.variant == v)
         xy = (sc.speedups(pt)["speedup_overall"], sc.rel_perf(pt))
@@ -55,6 +82,8 @@ def pareto(cfg: dict, ax):
     ax.set_title("Speed-performance trade-off over p and r")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="lower left")
+    ax.figure.tight_layout()  # fix the axes' size first: label overlap is judged in display space
+    place_labels(ax, [(xy, f"p={pt.p:g},r={pt.r:g}") for pt, xy in labels.items()])
 
 
 def curves(cfg: dict, fig):
