@@ -114,12 +114,24 @@ class FastSlowConfig:
 
 
 @dataclass
+class PModConfig:
+    """p-MoD (the comparison row): Mixture-of-Depths over the vision tokens in the LLM's layers."""
+
+    enabled: bool = False
+    dense_above: float = 0.85  # PRD: layers whose raw ratio exceeds this stay dense
+    floor: float = 0.15  # PRD: the lowest keep ratio of a MoD layer
+    alpha: float = 0.2  # TanhNorm: w~ = alpha * tanh(s) + beta
+    beta: float = 1.0
+
+
+@dataclass
 class RunConfig:
     output_dir: str = ""
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     fastslow: FastSlowConfig = field(default_factory=FastSlowConfig)
+    pmod: PModConfig = field(default_factory=PModConfig)
 
     def validate(self) -> "RunConfig":
         from . import vtp
@@ -134,6 +146,8 @@ class RunConfig:
             (0.0 <= self.fastslow.slow_prob <= 1.0, "fastslow.slow_prob", "r must be in [0, 1]"),
             (self.fastslow.isolator_len >= 1, "fastslow.isolator_len", "must be >= 1"),
             (self.fastslow.tau > 0, "fastslow.tau", "must be > 0"),
+            (0.0 < self.pmod.floor <= self.pmod.dense_above <= 1.0, "pmod.floor",
+             "must satisfy 0 < pmod.floor <= pmod.dense_above <= 1"),
             (self.train.batch_size >= 1 and self.train.grad_accum >= 1, "train.batch_size", "batch and accumulation must be >= 1"),
             (self.train.epochs > 0 or self.train.max_steps > 0, "train.epochs", "set epochs > 0 or max_steps > 0"),
         ]
@@ -150,6 +164,11 @@ class RunConfig:
             raise ConfigError(
                 f"config key 'fastslow.method' is '{self.fastslow.method}', not a known VTP method: {', '.join(vtp.available())}"
             )
+        if self.pmod.enabled and self.train.stage != "sft":
+            raise ConfigError("config key 'pmod.enabled' must be false outside the sft stage: p-MoD routes in SFT only")
+        if self.pmod.enabled and self.fastslow.prune:
+            raise ConfigError("config keys 'pmod.enabled' and 'fastslow.prune' cannot both be true: p-MoD is compared "
+                              "with DualSpeed, not combined with it")
         if self.train.stage in ("warmup", "pretrain") and self.fastslow.prune and self.fastslow.slow_prob > 0:
             raise ConfigError("config key 'fastslow.slow_prob' must be 0 in the pretraining stage: it is fast mode only")
         return self

@@ -40,6 +40,7 @@ from transformers import (
 from transformers.models.llava_next.modeling_llava_next import image_size_to_num_patches
 from transformers.utils import ModelOutput
 
+from . import pmod as pmod_lib
 from . import vtp
 from .config import ModelConfig, TinyModelConfig
 from .data import IMAGE_TOKEN
@@ -92,6 +93,18 @@ class DualSpeedLlava(nn.Module):
         self.isolator = ModeIsolator(isolator_len, llava.config.text_config.hidden_size)
         self.train_vision = False
         self.anyres = isinstance(llava, LlavaNextForConditionalGeneration)
+        self.pmod: pmod_lib.PMoD | None = None  # p-MoD routers when enabled (enable_pmod)
+
+    def enable_pmod(self, dense_above: float = 0.85, floor: float = 0.15, alpha: float = 0.2, beta: float = 1.0,
+                    ratios: list | None = None) -> pmod_lib.PMoD:
+        """Turn the LLM's layers into p-MoD layers per PRD (or the given ratios); routers start at zero."""
+        n = self.config.text_config.num_hidden_layers
+        ratios = pmod_lib.prd_ratios(n, dense_above, floor) if ratios is None else ratios
+        if len(ratios) != n:
+            raise ValueError(f"p-MoD needs one ratio per LLM layer ({n}), got {len(ratios)}")
+        ref = self.llava.lm_head.weight
+        self.pmod = pmod_lib.PMoD(self.config.text_config.hidden_size, ratios, alpha, beta).to(ref.device, ref.dtype)
+        return self.pmod
 
     # -- pieces -------------------------------------------------------------------------------
     @property
@@ -152,14 +165,16 @@ class DualSpeedLlava(nn.Module):
         """Replace each sample's single <image> placeholder by its visual tokens, then re-pad.
 
         input_ids/attention_mask/labels: [B, T] right-padded; visual: [B_img, V, D] in the order of
-        the samples that have an image. Returns embeds [B, T'], mask [B, T'], labels [B, T'].
+        the samples that have an image. Returns embeds [B, T'], mask [B, T'], labels [B, T'] and the
+        visual-sequence positions [B, T'] (bool).
         """
         emb = self.embed_tokens(input_ids)
-        seqs, labs = [], []
+        seqs, labs, vis = [], [], []
         img = 0
         for b in range(input_ids.shape[0]):
             n = int(attention_mask[b].sum())
             ids, e, lab = input_ids[b, :n], emb[b, :n], labels[b, :n]
+            is_vis = torch.zeros(n, dtype=torch.bool, device=ids.device)
             where = (ids == self.image_token_id).nonzero().flatten()
             if bool(has_image[b]):
                 if where.numel() != 1:
@@ -169,19 +184,22 @@ class DualSpeedLlava(nn.Module):
                 img += 1
                 e = torch.cat([e[:p], v.to(e.dtype), e[p + 1:]])
                 lab = torch.cat([lab[:p], lab.new_full((v.shape[0],), -100), lab[p + 1:]])
+                is_vis = torch.cat([is_vis[:p], is_vis.new_ones(v.shape[0]), is_vis[p + 1:]])
             elif where.numel():
                 raise ValueError(f"sample {b} has {IMAGE_TOKEN} in its text but no image")
             seqs.append(e)
             labs.append(lab)
+            vis.append(is_vis)
         length = max(s.shape[0] for s in seqs)
         d = emb.shape[-1]
         out = emb.new_zeros(len(seqs), length, d)
         mask = attention_mask.new_zeros(len(seqs), length)
         lab_out = labels.new_full((len(seqs), length), -100)
-        for b, (s, lab) in enumerate(zip(seqs, labs)):
+        vis_out = torch.zeros(len(seqs), length, dtype=torch.bool, device=emb.device)
+        for b, (s, lab, v) in enumerate(zip(seqs, labs, vis)):
             sl = slice(length - s.shape[0], length) if pad_left else slice(0, s.shape[0])
-            out[b, sl], mask[b, sl], lab_out[b, sl] = s, 1, lab
-        return out, mask, lab_out
+            out[b, sl], mask[b, sl], lab_out[b, sl], vis_out[b, sl] = s, 1, lab, v
+        return out, mask, lab_out, vis_out
 
     def text_context(self, input_ids, attention_mask, labels, has_image, crops: list[int]) -> vtp.VTPContext:
         """Instruction embeddings of the image samples, one row per crop, for plugins that rank by the question."""
@@ -214,8 +232,11 @@ class DualSpeedLlava(nn.Module):
         visual = self.visual_tokens(pixel_values, input_ids, attention_mask, labels, has_image, prune, isolator,
                                     image_sizes)
         n_visual = _count(visual)
-        embeds, mask, labs = self.splice(input_ids, attention_mask, labels, visual, has_image)
-        hidden = self.language_model(inputs_embeds=embeds, attention_mask=mask, use_cache=False).last_hidden_state
+        embeds, mask, labs, vis = self.splice(input_ids, attention_mask, labels, visual, has_image)
+        if self.pmod is not None:
+            hidden, _ = pmod_lib.prefill(self.language_model, self.pmod, embeds, mask, vis)
+        else:
+            hidden = self.language_model(inputs_embeds=embeds, attention_mask=mask, use_cache=False).last_hidden_state
         lm_head = self.llava.lm_head
         # Only answer positions need the vocabulary projection: most of the sequence is visual
         # tokens and prompt, and [B, T, V] logits would dominate memory at 7B scale.
@@ -238,7 +259,11 @@ class DualSpeedLlava(nn.Module):
                                     image_sizes)
         # splice expects right padding: move each row's tokens to the front first
         ids, mask = _left_to_right(input_ids, attention_mask)
-        embeds, mask, _ = self.splice(ids, mask, labels, visual, has_image, pad_left=True)
+        embeds, mask, _, vis = self.splice(ids, mask, labels, visual, has_image, pad_left=True)
+        if self.pmod is not None:  # routed prefill: each MoD layer caches only the tokens it kept
+            out = pmod_lib.greedy(self, self.llava.lm_head, self.pmod, embeds, mask, vis, max_new_tokens,
+                                  eos_token_id, pad_token_id)
+            return out, _count(visual)
         out = self.llava.generate(inputs_embeds=embeds, attention_mask=mask, max_new_tokens=max_new_tokens,
                                   do_sample=False, eos_token_id=eos_token_id, pad_token_id=pad_token_id)
         return out, _count(visual)
@@ -448,7 +473,11 @@ def export_hf(model: DualSpeedLlava, tokenizer, processor, out_dir: str | Path, 
     model.llava.save_pretrained(out, safe_serialization=True)
     tokenizer.save_pretrained(out)
     processor.save_pretrained(out)
-    save_file({"isolator.prompt": model.isolator.prompt.detach().cpu().contiguous()}, out / EXTRA_FILE)
+    extra = {"isolator.prompt": model.isolator.prompt.detach().cpu().contiguous()}
+    if model.pmod is not None:
+        extra.update({f"pmod.{k}": v.detach().cpu().contiguous() for k, v in model.pmod.state_dict().items()})
+        meta = {**meta, "pmod": model.pmod.meta()}
+    save_file(extra, out / EXTRA_FILE)
     (out / META_FILE).write_text(json.dumps(meta, indent=2))
 
 
@@ -462,6 +491,11 @@ def load_exported(path: str | Path, dtype=torch.float32, device="cpu"):
     iso_len = int(meta.get("isolator_len", 4))
     model = DualSpeedLlava(llava, iso_len)
     if (path / EXTRA_FILE).is_file():
-        model.isolator.prompt.data.copy_(load_file(path / EXTRA_FILE)["isolator.prompt"])
+        extra = load_file(path / EXTRA_FILE)
+        model.isolator.prompt.data.copy_(extra["isolator.prompt"])
+        if "pmod" in meta:
+            pm = meta["pmod"]
+            model.enable_pmod(ratios=pm["ratios"], alpha=pm["alpha"], beta=pm["beta"])
+            model.pmod.load_state_dict({k[len("pmod."):]: v for k, v in extra.items() if k.startswith("pmod.")})
     model.to(device=device, dtype=dtype).eval()
     return model, AutoTokenizer.from_pretrained(path), processor, meta

@@ -4,7 +4,8 @@
 
 A variant is only a setting of `fastslow`: prune=false is the baseline; prune with slow_prob=0 and
 isolator=false is NaivePrune; slow_prob>0 adds fast-slow, isolator adds the mode isolator,
-distill adds self-distillation in slow steps.
+distill adds self-distillation in slow steps. `pmod.enabled` (with prune=false) is the p-MoD
+comparison row: the same loop with Mixture-of-Depths layers in the LLM.
 """
 from __future__ import annotations
 
@@ -48,10 +49,13 @@ def set_trainable(model: DualSpeedLlava, cfg: RunConfig) -> dict[str, int]:
     if model.anyres:  # LLaVA-NeXT's row separator belongs to the connector: it trains with the projector
         model.llava.model.image_newline.requires_grad_(True)
     model.isolator.requires_grad_(fs.prune and fs.isolator)
+    if model.pmod is not None:  # the routers train with the LLM's learning rate, frozen or not
+        model.pmod.requires_grad_(True)
     model.train_vision = t.train_vision_tower
     model.llava.model.vision_tower.requires_grad_(t.train_vision_tower)
     parts = {"vision_tower": model.llava.model.vision_tower, "projector": model.llava.model.multi_modal_projector,
-             "isolator": model.isolator, "language_model": model.language_model, "lm_head": model.llava.lm_head}
+             "isolator": model.isolator, "language_model": model.language_model, "lm_head": model.llava.lm_head,
+             "pmod_routers": model.pmod if model.pmod is not None else torch.nn.Identity()}
     counts = {k: sum(p.numel() for p in m.parameters() if p.requires_grad) for k, m in parts.items()}
     log.info("trainable parameters: %s", ", ".join(f"{k}={v:,}" for k, v in counts.items()))
     return counts
@@ -214,6 +218,9 @@ def run(cfg: RunConfig) -> dict:
     if cfg.model.reinit_projector:
         reinit_projector(llava, t.seed)
     model = DualSpeedLlava(llava, cfg.fastslow.isolator_len)
+    if cfg.pmod.enabled:
+        pm = cfg.pmod
+        log.info("p-MoD ratios per layer: %s", model.enable_pmod(pm.dense_above, pm.floor, pm.alpha, pm.beta).ratios)
     counts = set_trainable(model, cfg)
     if t.gradient_checkpointing:
         model.language_model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})

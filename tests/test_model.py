@@ -44,19 +44,21 @@ def test_isolator_sits_right_before_pruned_tokens(tiny_model, batch):
     feats = tiny_model.encode_images(batch["pixel_values"])
     seq = tiny_model.visual_sequence(feats, prune, isolator=True)
     assert torch.equal(seq[:, :4], tiny_model.isolator.prompt.expand(seq.shape[0], -1, -1))
-    emb, mask, labels = tiny_model.splice(batch["input_ids"], batch["attention_mask"], batch["labels"], seq,
-                                          batch["has_image"])
+    emb, mask, labels, vis = tiny_model.splice(batch["input_ids"], batch["attention_mask"], batch["labels"], seq,
+                                               batch["has_image"])
     ids = batch["input_ids"][0]
     p = int((ids == tiny_model.image_token_id).nonzero()[0])
     assert torch.equal(emb[0, p:p + 10], seq[0])
     assert (labels[0, p:p + 10] == -100).all()
+    assert vis[0, p:p + 10].all() and int(vis[0].sum()) == 10  # the visual positions, isolator included
 
 
 def test_text_only_sample_is_untouched_by_splice(tiny_model, batch):
     b = int((~batch["has_image"]).nonzero()[0])
     n = int(batch["attention_mask"][b].sum())
     feats = tiny_model.encode_images(batch["pixel_values"])
-    emb, mask, labels = tiny_model.splice(batch["input_ids"], batch["attention_mask"], batch["labels"], feats,
-                                          batch["has_image"])
+    emb, mask, labels, vis = tiny_model.splice(batch["input_ids"], batch["attention_mask"], batch["labels"], feats,
+                                               batch["has_image"])
     assert torch.equal(emb[b, :n], tiny_model.embed_tokens(batch["input_ids"][b, :n]))
     assert int(mask[b].sum()) == n
+    assert not vis[b].any()
