@@ -78,6 +78,7 @@ def sft_spec(cfg: dict, pt: Point) -> dict:
                  "max_length": cfg["data"].get("max_length", 2048)},
         "train": {**copy.deepcopy(cfg["sft"]["train"]), "stage": "sft"},
         "fastslow": stage_fastslow(pt, "sft", *_fs_defaults(cfg)),
+        "pmod": {**copy.deepcopy(cfg.get("pmod", {})), "enabled": pt.settings["pmod"]},
     }
 
 

@@ -8,16 +8,18 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-# per variant: pretraining (prune, isolator) and SFT (prune, fast-slow, isolator, distill)
+# per variant: pretraining (prune, isolator) and SFT (prune, fast-slow, isolator, distill, p-MoD layers)
 VARIANTS = {
-    "baseline":        dict(pre_prune=False, pre_iso=False, sft_prune=False, fast_slow=False, iso=False, distill=False),
-    "naiveprune":      dict(pre_prune=True,  pre_iso=False, sft_prune=True,  fast_slow=False, iso=False, distill=False),
-    "fastslow":        dict(pre_prune=True,  pre_iso=False, sft_prune=True,  fast_slow=True,  iso=False, distill=False),
-    "fastslow_iso":    dict(pre_prune=True,  pre_iso=True,  sft_prune=True,  fast_slow=True,  iso=True,  distill=False),
-    "dualspeed":       dict(pre_prune=True,  pre_iso=True,  sft_prune=True,  fast_slow=True,  iso=True,  distill=True),
-    "dualspeed_noiso": dict(pre_prune=True,  pre_iso=False, sft_prune=True,  fast_slow=True,  iso=False, distill=True),
-    "vtp_pretrain":    dict(pre_prune=True,  pre_iso=False, sft_prune=False, fast_slow=False, iso=False, distill=False),
-    "vtp_sft":         dict(pre_prune=False, pre_iso=False, sft_prune=True,  fast_slow=False, iso=False, distill=False),
+    "baseline":        dict(pre_prune=False, pre_iso=False, sft_prune=False, fast_slow=False, iso=False, distill=False, pmod=False),
+    "naiveprune":      dict(pre_prune=True,  pre_iso=False, sft_prune=True,  fast_slow=False, iso=False, distill=False, pmod=False),
+    "fastslow":        dict(pre_prune=True,  pre_iso=False, sft_prune=True,  fast_slow=True,  iso=False, distill=False, pmod=False),
+    "fastslow_iso":    dict(pre_prune=True,  pre_iso=True,  sft_prune=True,  fast_slow=True,  iso=True,  distill=False, pmod=False),
+    "dualspeed":       dict(pre_prune=True,  pre_iso=True,  sft_prune=True,  fast_slow=True,  iso=True,  distill=True, pmod=False),
+    "dualspeed_noiso": dict(pre_prune=True,  pre_iso=False, sft_prune=True,  fast_slow=True,  iso=False, distill=True, pmod=False),
+    "vtp_pretrain":    dict(pre_prune=True,  pre_iso=False, sft_prune=False, fast_slow=False, iso=False, distill=False, pmod=False),
+    "vtp_sft":         dict(pre_prune=False, pre_iso=False, sft_prune=True,  fast_slow=False, iso=False, distill=False, pmod=False),
+    # the comparison row: the baseline's pretraining, then SFT with Mixture-of-Depths layers
+    "pmod":            dict(pre_prune=False, pre_iso=False, sft_prune=False, fast_slow=False, iso=False, distill=False, pmod=True),
 }
 DESCRIPTIONS = {
     "baseline": "no pruning in either stage",
@@ -28,6 +30,7 @@ DESCRIPTIONS = {
     "dualspeed_noiso": "DualSpeed with the isolator removed",
     "vtp_pretrain": "VTP only in pretraining",
     "vtp_sft": "VTP only in SFT (always fast, no isolator)",
+    "pmod": "p-MoD: Mixture-of-Depths over vision tokens in SFT (TanhNorm, STRing, PRD), no VTP",
 }
 INFERENCE_MODES = ("normal", "pruned", "pruned_noiso")
 
@@ -87,7 +90,7 @@ def table_points(grid: dict) -> dict[str, list[Point]]:
     m, p, r = grid["method"], grid["p"], grid["r"]
     main = [point(v, m, p, r) for v in ("baseline", "naiveprune", "dualspeed")]
     return {
-        "main": main,
+        "main": main + [point("pmod", m, p, r)],
         "mismatch": main,
         "ablation": [point(v, m, p, r) for v in ("baseline", "naiveprune", "fastslow", "fastslow_iso", "dualspeed",
                                                    "dualspeed_noiso")],

@@ -40,9 +40,10 @@ def test_lint_is_clean():
 
 def test_default_grid_dry_run_counts():
     n = dry()
-    # 16 distinct SFT trainings; the 8 distinct pretraining settings are each trained once
-    assert n["sft"] == 16 and n["pretrain"] == 8 and n["warmup"] == 1 and n["synthesize"] == 1
-    assert n["evaluate"] == 16 * 3
+    # 17 distinct SFT trainings (p-MoD's included, on the baseline's pretraining); the 8 distinct
+    # pretraining settings are each trained once
+    assert n["sft"] == 17 and n["pretrain"] == 8 and n["warmup"] == 1 and n["synthesize"] == 1
+    assert n["evaluate"] == 17 * 3
     assert n["table"] == 7 and n["figure"] == 3
 
 
@@ -62,7 +63,7 @@ def test_real_recipe_dry_runs(profile, recipe, downloads):
     res = smk("-n", "--forceall", "--cores", "2", *args)
     n = job_counts(res.stdout + res.stderr)
     # LLaVA-NeXT: pretraining JSON + images, SFT JSON + 11 image archives
-    assert n["download"] == downloads and n["sft"] == 16 and n["pretrain"] == 8 and n["evaluate"] == 48
+    assert n["download"] == downloads and n["sft"] == 17 and n["pretrain"] == 8 and n["evaluate"] == 51
     assert "warmup" not in n
     if profile:
         # GPU training jobs ask Slurm for the config's GPUs; a retry would get a longer runtime
@@ -136,6 +137,10 @@ def test_smoke_pipeline_end_to_end_with_a_new_vtp_method(tmp_path):
     run = work / "runs" / "smoke" / "sft" / "dualspeed" / "divprune" / "p0.9" / "r0.1"
     for name in ("config.resolved.yaml", "provenance.json", "steps.csv", "timing.json"):
         assert (run / name).is_file()
+    # the p-MoD comparison row: trained on the baseline's pretraining, exported with its routers
+    assert "p-MoD" in (res / "tables" / "main.md").read_text()
+    pmod_hf = work / "runs" / "smoke" / "sft" / "pmod" / "none" / "p0" / "r0" / "hf"
+    assert json.loads((pmod_hf / "dualspeed.json").read_text())["pmod"]["ratios"] == [None, 0.15]
     assert list((work / "logs" / "smoke" / "sft").rglob("*.log")) and list((work / "benchmarks").rglob("*.tsv"))
     smk("--configfile", "config/smoke.yaml", "config/smoke_plus.yaml", "--report", "report.html", cwd=work, env=env)
     html = (work / "report.html").read_text(errors="ignore")

@@ -19,7 +19,9 @@ REL = ("Relative performance = mean over benchmarks of (score / baseline score u
 SPD = ("Speedup = baseline training wall time / variant wall time, per stage and overall "
        "(pretraining + SFT; the tiny recipe's shared warm-up is excluded).")
 PAPER = "Columns marked 'paper' are the published LLaVA-1.5-7B numbers; '-' where the paper reports none."
-PAPER_NEXT = ("Columns marked 'paper' are the published LLaVA-NeXT-7B numbers (DualSpeed only); "
+PMOD = ("p-MoD's paper numbers are its average score over the baseline's (the paper gives averages only) and "
+        "1 / its fraction of the baseline's training GPU hours.")
+PAPER_NEXT = ("Columns marked 'paper' are the published LLaVA-NeXT-7B numbers (DualSpeed's and p-MoD's); "
               "'-' where the paper reports none.")
 PAPER_NEXT_ABLATIONS = ("Columns marked 'paper' are the published LLaVA-1.5-7B numbers: the paper reports this "
                         "table for LLaVA-1.5 only.")
@@ -37,12 +39,13 @@ def is_llava_next(cfg: dict) -> bool:
 def _main_reference(ref: dict, cfg: dict) -> dict:
     if not is_llava_next(cfg):
         return ref["main"]
-    return {"baseline": ref["main"]["baseline"], "dualspeed": ref["main"]["dualspeed_llava_next"]}
+    return {"baseline": ref["main"]["baseline"], "dualspeed": ref["main"]["dualspeed_llava_next"],
+            "pmod": ref["main"]["pmod_llava_next"]}
 
 
 def _label(pt) -> str:
-    if pt.variant == "baseline":
-        return "baseline"
+    if pt.variant in ("baseline", "pmod"):
+        return {"baseline": "baseline", "pmod": "p-MoD (PRD, no VTP)"}[pt.variant]
     extra = f" r={pt.r:g}" if pt.r else ""
     return f"{pt.variant} ({pt.method}, p={pt.p:g}{extra})"
 
@@ -65,7 +68,7 @@ def build(cfg: dict, name: str) -> tuple[pd.DataFrame, str]:
                          "speedup overall": sp["speedup_overall"],
                          "paper rel. perf. %": main_ref.get(pt.variant, {}).get("rel_perf"),
                          "paper speedup": main_ref.get(pt.variant, {}).get("speedup_overall")})
-        caption = f"Main results (normal inference). {REL} {SPD} {PAPER_NEXT if is_llava_next(cfg) else PAPER}"
+        caption = f"Main results (normal inference). {REL} {SPD} {PAPER_NEXT if is_llava_next(cfg) else PAPER} {PMOD}"
     elif name == "mismatch":
         for pt in pts:
             row = {"run": _label(pt)}
