@@ -1,4 +1,4 @@
-"""Step-time benchmark of baseline, NaivePrune and DualSpeed, side by side in one process.
+"""Step-time benchmark of baseline, NaivePrune, DualSpeed and p-MoD, side by side in one process.
 
     python -m dualspeed.bench --preset tiny            # CPU, the tiny model
     python -m dualspeed.bench --preset 7b-pretrain     # GPU: Vicuna-7B + CLIP-L/336 shapes, LLM frozen (stage 1)
@@ -10,7 +10,8 @@ is the same as with trained ones), trainable parts as in the recipe. Each round 
 every mode - full sequence, fast without isolator, fast with isolator, slow with its fast-mode
 teacher - so drift in machine load hits all alike; burn-in rounds come first and the device is
 synchronised around each timed step. Per-variant step time: baseline = full, NaivePrune = fast,
-DualSpeed = (1 - r) * fast-with-isolator + r * slow, the expectation over its mode schedule.
+DualSpeed = (1 - r) * fast-with-isolator + r * slow, the expectation over its mode schedule; p-MoD =
+a full-sequence step with the LLM's layers routed per PRD (the same weights plus zero-init routers).
 """
 from __future__ import annotations
 
@@ -39,7 +40,8 @@ PRESETS = {
     "next-7b-sft": dict(**VICUNA_7B, **CLIP_L_336, text=160, batch=4, llm="lora", r=0.1, anyres=True),
 }
 PRESETS["tiny-next"] = {**PRESETS["tiny"], "batch": 8, "anyres": True}
-MODES = {"full": (FULL, False), "fast": (FAST, False), "fast_isolator": (FAST, True), "slow": (SLOW, True)}
+MODES = {"full": (FULL, False), "fast": (FAST, False), "fast_isolator": (FAST, True), "slow": (SLOW, True),
+         "pmod": (FULL, False)}
 
 
 def next_pinpoints(crop: int) -> list[list[int]]:
@@ -115,7 +117,9 @@ def run(preset: str, steps: int, burn_in: int, p_ratio: float, r: float | None, 
     r = p["r"] if r is None else r
     gen = torch.Generator().manual_seed(0)
     model = build(p, device, dtype)
-    opt = torch.optim.AdamW([q for q in model.parameters() if q.requires_grad], lr=1e-5)
+    routers = model.enable_pmod()  # attached only for the p-MoD steps below
+    model.pmod = None
+    opt = torch.optim.AdamW([q for q in model.parameters() if q.requires_grad] + list(routers.parameters()), lr=1e-5)
     inputs = batch(p, device, dtype, gen)
     prune = Prune("divprune", p_ratio)
     modes = [m for m in MODES if m != "slow" or r > 0]  # pretraining never runs slow steps
@@ -125,17 +129,18 @@ def run(preset: str, steps: int, burn_in: int, p_ratio: float, r: float | None, 
             sync(device)
             t0 = time.perf_counter()
             mode, isolator = MODES[m]
+            model.pmod = routers if m == "pmod" else None
             step(model, opt, inputs, mode, prune, isolator)
             sync(device)
             if i >= burn_in:
                 times[m].append(time.perf_counter() - t0)
     mean = {m: statistics.fmean(v) for m, v in times.items()}
     variant = {"baseline": mean["full"], "naiveprune": mean["fast"],
-               "dualspeed": (1 - r) * mean["fast_isolator"] + r * mean.get("slow", 0.0)}
+               "dualspeed": (1 - r) * mean["fast_isolator"] + r * mean.get("slow", 0.0), "pmod": mean["pmod"]}
     return {
         "preset": preset, "device": torch.cuda.get_device_name(0) if device == "cuda" else f"cpu x{torch.get_num_threads()}",
         "dtype": str(dtype), "batch": p["batch"], "llm": p["llm"], "steps": steps, "burn_in": burn_in, "p": p_ratio,
-        "r": r, **visual_tokens(model, inputs, prune, p["batch"]),
+        "r": r, "pmod_ratios": routers.ratios, **visual_tokens(model, inputs, prune, p["batch"]),
         "mode_step_time_s": mean, "mode_median_step_time_s": {m: statistics.median(v) for m, v in times.items()},
         "step_time_s": variant, "speedup_vs_baseline": {k: variant["baseline"] / v for k, v in variant.items()},
         "peak_gpu_mem_gb": torch.cuda.max_memory_allocated() / 2**30 if device == "cuda" else None,

@@ -1,10 +1,11 @@
 from dualspeed.bench import run
 
 
-def test_bench_times_three_variants_side_by_side():
+def test_bench_times_four_variants_side_by_side():
     res = run("tiny", steps=2, burn_in=1, p_ratio=0.9, r=0.5, device="cpu", dtype=__import__("torch").float32)
-    assert set(res["step_time_s"]) == {"baseline", "naiveprune", "dualspeed"}
-    assert set(res["mode_step_time_s"]) == {"full", "fast", "fast_isolator", "slow"}
+    assert set(res["step_time_s"]) == {"baseline", "naiveprune", "dualspeed", "pmod"}
+    assert set(res["mode_step_time_s"]) == {"full", "fast", "fast_isolator", "slow", "pmod"}
+    assert res["pmod_ratios"] == [None, 0.15]  # PRD over the tiny LLM's 2 layers
     assert res["speedup_vs_baseline"]["baseline"] == 1.0
     assert all(t > 0 for t in res["mode_step_time_s"].values())
     m = res["mode_step_time_s"]
