@@ -68,11 +68,14 @@ def pareto(cfg: dict, ax):
         allxy += xy
         ax.scatter([x for x, _ in xy], [y for _, y in xy], marker=marker, s=50, label=f"DualSpeed, {label}")
         labels.update({pt: xy_ for xy_, pt in zip(xy, pts)})  # the default point sits in both sweeps: one label
-    for v, marker in (("baseline", "*"), ("naiveprune", "X")):
-        pt = next(p for p in tp["main"] if p.variant == v)
+    for v, marker in (("baseline", "*"), ("naiveprune", "X"), ("pmod", "D")):
+        pt = next((p for p in tp["main"] if p.variant == v), None)
+        if pt is None:
+            continue
         xy = (sc.speedups(pt)["speedup_overall"], sc.rel_perf(pt))
-        allxy.append(xy)
-        ax.scatter(*xy, marker=marker, s=120, label=v)
+        if v != "pmod":  # the frontier is over this paper's own variants; p-MoD is the comparison point
+            allxy.append(xy)
+        ax.scatter(*xy, marker=marker, s=120 if v != "pmod" else 70, label="p-MoD" if v == "pmod" else v)
     front = pareto_front(allxy)
     ax.plot([x for x, _ in front], [y for _, y in front], "k--", lw=1, label="Pareto frontier (ours)")
     ref = paper_reference()["pareto_point_llava_next" if is_llava_next(cfg) else "pareto_point"]
