@@ -16,6 +16,7 @@ import math
 
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 from transformers import DynamicCache
 
 
@@ -105,7 +106,13 @@ def prefill(lm, pmod: PMoD, embeds, mask, vision, cache: DynamicCache | None = N
             x = layer(x, attention_mask=dense_mask, position_embeddings=pe, past_key_values=cache)
             kept.append(key_valid)
         else:
-            x, kv = _mod_layer(layer, pmod.routers[str(i)], pmod.ratios[i], pmod, x, pe, key_valid, vision, cache)
+            args = (layer, pmod.routers[str(i)], pmod.ratios[i], pmod, x, pe, key_valid, vision, cache)
+            # the dense layers checkpoint themselves (HF's GradientCheckpointingLayer); a MoD layer is
+            # called piecewise here, so it is checkpointed here, with the same switch
+            if getattr(layer, "gradient_checkpointing", False) and layer.training and torch.is_grad_enabled():
+                x, kv = checkpoint(_mod_layer, *args, use_reentrant=False)
+            else:
+                x, kv = _mod_layer(*args)
             kept.append(kv)
     return dec.norm(x), kept
 

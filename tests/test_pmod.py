@@ -76,6 +76,17 @@ def test_router_learns_through_both_paths(tiny_model, batch):
     assert w is not None and w.abs().sum() > 0
 
 
+def test_gradient_checkpointing_gives_the_same_router_gradient(tiny_model, batch):
+    grads = []
+    for ckpt in (False, True):
+        m = _routed(tiny_model, [0.25, None]).train()
+        if ckpt:
+            m.language_model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        m(**batch).ce.backward()
+        grads.append(m.pmod.routers["0"].weight.grad)
+    torch.testing.assert_close(grads[1], grads[0])
+
+
 def _left_padded(batch, pad_id):
     ids, mask = batch["input_ids"].clone(), batch["attention_mask"].clone()
     for b in range(ids.shape[0]):  # prompts: everything before the first answer token, moved to the right end
