@@ -261,8 +261,7 @@ class DualSpeedLlava(nn.Module):
         ids, mask = _left_to_right(input_ids, attention_mask)
         embeds, mask, _, vis = self.splice(ids, mask, labels, visual, has_image, pad_left=True)
         if self.pmod is not None:  # routed prefill: each MoD layer caches only the tokens it kept
-            out = pmod_lib.greedy(self, self.llava.lm_head, self.pmod, embeds, mask, vis, max_new_tokens,
-                                  eos_token_id, pad_token_id)
+            out = pmod_lib.greedy(self, embeds, mask, vis, max_new_tokens, eos_token_id, pad_token_id)
             return out, _count(visual)
         out = self.llava.generate(inputs_embeds=embeds, attention_mask=mask, max_new_tokens=max_new_tokens,
                                   do_sample=False, eos_token_id=eos_token_id, pad_token_id=pad_token_id)

@@ -67,10 +67,10 @@ def _gather(t: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
     return t.gather(1, idx[..., None].expand(-1, -1, t.shape[-1]))
 
 
-def _mod_layer(layer, router, ratio, pmod: PMoD, x, pe, key_valid, vision, cache):
-    """One routed layer over [B, T, D] -> ([B, T, D], the kept slots' key validity [B, T'])."""
-    s = router(x).squeeze(-1)  # [B, T]
-    k = torch.floor(ratio * vision.sum(1).to(torch.float64)).long()  # per sample
+def _mod_layer(layer, i: int, pmod: PMoD, x, pe, key_valid, vision, cache):
+    """Routed layer i over [B, T, D] -> ([B, T, D], the kept slots' key validity [B, T'])."""
+    s = pmod.routers[str(i)](x).squeeze(-1)  # [B, T]
+    k = torch.floor(pmod.ratios[i] * vision.sum(1).to(torch.float64)).long()  # per sample
     # rank vision tokens by s itself (not w~, whose tanh saturates into ties)
     order = s.detach().float().masked_fill(~vision, float("-inf")).argsort(dim=1, descending=True, stable=True)
     rank = torch.empty_like(order).scatter_(1, order, torch.arange(s.shape[1], device=s.device).expand_as(order))
@@ -106,7 +106,7 @@ def prefill(lm, pmod: PMoD, embeds, mask, vision, cache: DynamicCache | None = N
             x = layer(x, attention_mask=dense_mask, position_embeddings=pe, past_key_values=cache)
             kept.append(key_valid)
         else:
-            args = (layer, pmod.routers[str(i)], pmod.ratios[i], pmod, x, pe, key_valid, vision, cache)
+            args = (layer, i, pmod, x, pe, key_valid, vision, cache)
             # the dense layers checkpoint themselves (HF's GradientCheckpointingLayer); a MoD layer is
             # called piecewise here, so it is checkpointed here, with the same switch
             if getattr(layer, "gradient_checkpointing", False) and layer.training and torch.is_grad_enabled():
@@ -130,10 +130,11 @@ def decode_step(lm, x, pos, kept: list[torch.Tensor], cache: DynamicCache):
 
 
 @torch.no_grad()
-def greedy(model, lm_head, pmod: PMoD, embeds, mask, vision, max_new_tokens: int, eos_token_id, pad_token_id):
-    """Greedy decoding of a left-padded batch: routed prefill, then cached decode -> new ids [B, <=max_new]."""
-    cache = DynamicCache()
-    hidden, kept = prefill(model.language_model, pmod, embeds, mask, vision, cache)
+def greedy(model, embeds, mask, vision, max_new_tokens: int, eos_token_id, pad_token_id):
+    """Greedy decoding of a left-padded batch by a p-MoD DualSpeedLlava: routed prefill, then cached
+    decode -> new ids [B, <=max_new]."""
+    cache, lm_head = DynamicCache(), model.llava.lm_head
+    hidden, kept = prefill(model.language_model, model.pmod, embeds, mask, vision, cache)
     pos = mask.long().sum(1, keepdim=True) - 1
     eos = set([eos_token_id] if isinstance(eos_token_id, int) else (eos_token_id or []))
     done = torch.zeros(embeds.shape[0], dtype=torch.bool, device=embeds.device)
