@@ -43,9 +43,12 @@ def _main_reference(ref: dict, cfg: dict) -> dict:
             "pmod": ref["main"]["pmod_llava_next"]}
 
 
+_FIXED_LABELS = {"baseline": "baseline", "pmod": "p-MoD (PRD, no VTP)"}  # variants without a method, p or r
+
+
 def _label(pt) -> str:
-    if pt.variant in ("baseline", "pmod"):
-        return {"baseline": "baseline", "pmod": "p-MoD (PRD, no VTP)"}[pt.variant]
+    if pt.variant in _FIXED_LABELS:
+        return _FIXED_LABELS[pt.variant]
     extra = f" r={pt.r:g}" if pt.r else ""
     return f"{pt.variant} ({pt.method}, p={pt.p:g}{extra})"
 
