@@ -26,7 +26,8 @@ from transformers import CLIPVisionConfig, LlamaConfig
 from . import vtp
 from .config import RunConfig
 from .fastslow import FAST, FULL, SLOW, mode_loss
-from .model import DualSpeedLlava, Prune, llava_config
+from .build import llava_config
+from .model import DualSpeedLlava, Prune
 
 VICUNA_7B = dict(d=4096, layers=32, heads=32, inter=11008, vocab=32064)
 CLIP_L_336 = dict(vis_d=1024, vis_layers=24, grid=24)  # 336 px at patch 14: 576 tokens per crop

@@ -9,7 +9,8 @@ import torch
 from PIL import Image
 
 from .data import IMAGE_TOKEN, build_prompt, process_image, stack_images
-from .model import Prune, load_exported
+from .checkpoint import load_exported
+from .model import Prune
 
 # inference mode -> (prune visual tokens, prepend the isolator)
 MODES = {"normal": (False, False), "pruned": (True, True), "pruned_noiso": (True, False)}

@@ -26,8 +26,9 @@ from . import provenance
 from .config import RunConfig, dump_config, load_config
 from .data import Collator, LlavaDataset
 from .fastslow import FAST, FULL, SLOW, ModeSchedule, mode_loss
-from .model import (DualSpeedLlava, Prune, export_hf, load_components, load_trainable, reinit_projector,
-                    save_trainable)
+from .build import load_components, reinit_projector
+from .checkpoint import export_hf, load_trainable, save_trainable
+from .model import DualSpeedLlava, Prune
 
 log = logging.getLogger("dualspeed.train")
 

@@ -27,7 +27,8 @@ def tokenizer(synth_dir):
 @pytest.fixture()
 def tiny_model(tokenizer):
     from dualspeed.config import TinyModelConfig
-    from dualspeed.model import DualSpeedLlava, build_tiny
+    from dualspeed.build import build_tiny
+    from dualspeed.model import DualSpeedLlava
 
     torch.manual_seed(0)
     return DualSpeedLlava(build_tiny(TinyModelConfig(), tokenizer, seed=0), isolator_len=4).eval()
@@ -39,7 +40,7 @@ def batch(synth_dir, tokenizer):
     import json
 
     from dualspeed.data import Collator, LlavaDataset
-    from dualspeed.model import tiny_image_processor
+    from dualspeed.build import tiny_image_processor
 
     ds = LlavaDataset(synth_dir / "sft.json", synth_dir, tokenizer, tiny_image_processor(32))
     rows = json.loads((synth_dir / "sft.json").read_text())

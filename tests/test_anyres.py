@@ -8,7 +8,8 @@ from PIL import Image
 from dualspeed import vtp
 from dualspeed.config import TinyModelConfig
 from dualspeed.data import Collator, LlavaDataset
-from dualspeed.model import DualSpeedLlava, Prune, build_tiny, tiny_image_processor
+from dualspeed.build import build_tiny, tiny_image_processor
+from dualspeed.model import DualSpeedLlava, Prune
 
 CROP = 16  # tiny crops of 16 px at patch 4: 16 tokens per crop
 PINPOINTS = [[16, 32], [32, 16], [32, 32]]
@@ -87,7 +88,7 @@ def test_exported_checkpoint_runs_in_plain_transformers(next_model, next_batch, 
     """Normal mode of our wrapper and LlavaNextForConditionalGeneration on the export give the same logits."""
     from transformers import LlavaNextForConditionalGeneration
 
-    from dualspeed.model import export_hf
+    from dualspeed.checkpoint import export_hf
 
     export_hf(next_model, tokenizer, tiny_image_processor(CROP, PINPOINTS), tmp_path / "hf", {"isolator_len": 4})
     hf = LlavaNextForConditionalGeneration.from_pretrained(tmp_path / "hf").eval()
@@ -147,7 +148,7 @@ def test_compose_builds_either_family_from_an_llm_and_a_clip(tokenizer, tmp_path
     from transformers import CLIPVisionConfig, CLIPVisionModel, LlamaConfig, LlamaForCausalLM, LlavaNextImageProcessor
 
     from dualspeed.config import ModelConfig
-    from dualspeed.model import load_components
+    from dualspeed.build import load_components
 
     llm = LlamaForCausalLM(LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64,
                                        num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=2))

@@ -3,7 +3,7 @@ import json
 import pytest
 
 from dualspeed.data import IGNORE, DataError, LlavaDataset, build_prompt, load_samples
-from dualspeed.model import tiny_image_processor
+from dualspeed.build import tiny_image_processor
 
 
 def _write(tmp_path, rows):

@@ -133,7 +133,8 @@ def test_cached_decoding_equals_recomputing_the_routed_sequence(tiny_model, batc
 
 
 def test_export_keeps_the_routers(tiny_model, batch, tokenizer, tmp_path):
-    from dualspeed.model import export_hf, load_exported, tiny_image_processor
+    from dualspeed.build import tiny_image_processor
+    from dualspeed.checkpoint import export_hf, load_exported
 
     m = _routed(tiny_model, [None, 0.25]).eval()
     export_hf(m, tokenizer, tiny_image_processor(32), tmp_path / "hf", {"isolator_len": 4})

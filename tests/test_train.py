@@ -6,7 +6,9 @@ import torch
 from safetensors.torch import load_file
 
 from dualspeed.config import ConfigError, load_config
-from dualspeed.model import DualSpeedLlava, build_tiny, load_trainable, save_trainable
+from dualspeed.build import build_tiny
+from dualspeed.checkpoint import load_trainable, save_trainable
+from dualspeed.model import DualSpeedLlava
 from dualspeed.train import run, set_trainable
 
 

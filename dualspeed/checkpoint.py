@@ -1,0 +1,85 @@
+"""Checkpoints: trainable-only intermediate checkpoints (resume) and the exported llava-hf directory
+(LoRA merged) with what lies outside the llava-hf layout (isolator, p-MoD routers) beside it."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+from transformers import AutoTokenizer
+
+from .build import _load_llava
+from .model import DualSpeedLlava
+
+EXTRA_FILE = "dualspeed_extra.safetensors"  # isolator (and anything else outside the llava-hf layout)
+META_FILE = "dualspeed.json"
+
+
+def trainable_state(model: nn.Module, state_dict: dict | None = None) -> dict[str, torch.Tensor]:
+    names = {n for n, p in model.named_parameters() if p.requires_grad}
+    sd = state_dict if state_dict is not None else model.state_dict()
+    return {k: v.detach().cpu().contiguous() for k, v in sd.items() if k in names}
+
+
+def save_trainable(model: nn.Module, out_dir: str | Path, meta: dict, state_dict: dict | None = None) -> None:
+    """An intermediate checkpoint: every trainable tensor (projector, isolator, LoRA, ...) + metadata."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    save_file(trainable_state(model, state_dict), out / "trainable.safetensors")
+    (out / META_FILE).write_text(json.dumps(meta, indent=2))
+
+
+def load_trainable(model: nn.Module, ckpt_dir: str | Path) -> None:
+    path = Path(ckpt_dir) / "trainable.safetensors"
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {ckpt_dir} has no trainable.safetensors")
+    sd = load_file(path)
+    expected = {n for n, p in model.named_parameters() if p.requires_grad}
+    missing = expected - sd.keys()
+    if missing:
+        raise RuntimeError(f"checkpoint {ckpt_dir} lacks {len(missing)} trainable tensors, e.g. {sorted(missing)[:3]}")
+    unexpected = model.load_state_dict(sd, strict=False).unexpected_keys
+    if unexpected:
+        raise RuntimeError(f"checkpoint {ckpt_dir} has tensors this model does not: {unexpected[:3]}")
+
+
+def export_hf(model: DualSpeedLlava, tokenizer, processor, out_dir: str | Path, meta: dict) -> None:
+    """Write a plain llava-hf directory (LoRA merged) plus the isolator beside it."""
+    from peft import PeftModel
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    lm = model.llava.model.language_model
+    if isinstance(lm, PeftModel):
+        model.llava.model.language_model = lm.merge_and_unload()
+    model.llava.save_pretrained(out, safe_serialization=True)
+    tokenizer.save_pretrained(out)
+    processor.save_pretrained(out)
+    extra = {"isolator.prompt": model.isolator.prompt.detach().cpu().contiguous()}
+    if model.pmod is not None:
+        extra.update({f"pmod.{k}": v.detach().cpu().contiguous() for k, v in model.pmod.state_dict().items()})
+        meta = {**meta, "pmod": model.pmod.meta()}
+    save_file(extra, out / EXTRA_FILE)
+    (out / META_FILE).write_text(json.dumps(meta, indent=2))
+
+
+def load_exported(path: str | Path, dtype=torch.float32, device="cpu"):
+    """Load an exported checkpoint for inference -> (DualSpeedLlava, tokenizer, processor, meta)."""
+    path = Path(path)
+    if not (path / "config.json").is_file():
+        raise FileNotFoundError(f"{path} is not an exported checkpoint (no config.json); did training finish?")
+    meta = json.loads((path / META_FILE).read_text()) if (path / META_FILE).is_file() else {}
+    llava, processor = _load_llava(path, dtype)
+    iso_len = int(meta.get("isolator_len", 4))
+    model = DualSpeedLlava(llava, iso_len)
+    if (path / EXTRA_FILE).is_file():
+        extra = load_file(path / EXTRA_FILE)
+        model.isolator.prompt.data.copy_(extra["isolator.prompt"])
+        if "pmod" in meta:
+            pm = meta["pmod"]
+            model.enable_pmod(ratios=pm["ratios"], alpha=pm["alpha"], beta=pm["beta"])
+            model.pmod.load_state_dict({k[len("pmod."):]: v for k, v in extra.items() if k.startswith("pmod.")})
+    model.to(device=device, dtype=dtype).eval()
+    return model, AutoTokenizer.from_pretrained(path), processor, meta
