@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import torch
@@ -46,23 +47,69 @@ def load_trainable(model: nn.Module, ckpt_dir: str | Path) -> None:
 
 
 def export_hf(model: DualSpeedLlava, tokenizer, processor, out_dir: str | Path, meta: dict) -> None:
-    """Write a plain llava-hf directory (LoRA merged) plus the isolator beside it."""
+    """Write a plain llava-hf directory (LoRA merged) plus the isolator beside it.
+
+    Written into a sibling temp dir and renamed into place, so a job killed mid-export never leaves a
+    directory that a later stage or evaluation would read as finished."""
     from peft import PeftModel
 
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".partial")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
     lm = model.llava.model.language_model
     if isinstance(lm, PeftModel):
         model.llava.model.language_model = lm.merge_and_unload()
-    model.llava.save_pretrained(out, safe_serialization=True)
-    tokenizer.save_pretrained(out)
-    processor.save_pretrained(out)
+    model.llava.save_pretrained(tmp, safe_serialization=True)
+    tokenizer.save_pretrained(tmp)
+    processor.save_pretrained(tmp)
     extra = {"isolator.prompt": model.isolator.prompt.detach().cpu().contiguous()}
     if model.pmod is not None:
         extra.update({f"pmod.{k}": v.detach().cpu().contiguous() for k, v in model.pmod.state_dict().items()})
         meta = {**meta, "pmod": model.pmod.meta()}
-    save_file(extra, out / EXTRA_FILE)
-    (out / META_FILE).write_text(json.dumps(meta, indent=2))
+    save_file(extra, tmp / EXTRA_FILE)
+    (tmp / META_FILE).write_text(json.dumps(meta, indent=2))
+    if out.exists():
+        shutil.rmtree(out)
+    tmp.rename(out)
+
+
+def trained_extras(meta: dict) -> list[str]:
+    """Which extras of an export hold trained values (the rest are a fresh, unused init)."""
+    if "trained_extras" in meta:
+        return list(meta["trained_extras"])
+    # exports written before the list existed: the isolator trained iff that stage pruned with it
+    fs = meta.get("fastslow", {})
+    return (["isolator"] if fs.get("prune") and fs.get("isolator") else []) + (["pmod"] if "pmod" in meta else [])
+
+
+def carry_extras(model: DualSpeedLlava, path: str | Path) -> list[str]:
+    """Load what the stage that exported `path` trained outside the llava-hf layout (the isolator,
+    p-MoD routers) into `model`, so the next stage continues from it instead of a fresh init.
+    Returns the names carried."""
+    path = Path(path)
+    if not (path / EXTRA_FILE).is_file():
+        return []
+    meta = json.loads((path / META_FILE).read_text()) if (path / META_FILE).is_file() else {}
+    extra = load_file(path / EXTRA_FILE)
+    carried = []
+    trained = trained_extras(meta)
+    if "isolator" in trained:
+        prompt, mine = extra["isolator.prompt"], model.isolator.prompt
+        if prompt.shape != mine.shape:
+            raise ValueError(f"{path} trained a {prompt.shape[0]}-token isolator but this run builds "
+                             f"{mine.shape[0]} tokens; set fastslow.isolator_len: {prompt.shape[0]} to continue from it")
+        with torch.no_grad():
+            mine.copy_(prompt.to(mine.dtype))
+        carried.append("isolator")
+    if "pmod" in trained:
+        if model.pmod is None:
+            raise ValueError(f"{path} was trained with p-MoD layers: its LLM expects routed layers. Enable pmod "
+                             "in this stage's config to continue from it")
+        model.pmod.load_state_dict({k[len("pmod."):]: v for k, v in extra.items() if k.startswith("pmod.")})
+        carried.append("pmod")
+    return carried
 
 
 def load_exported(path: str | Path, dtype=torch.float32, device="cpu"):

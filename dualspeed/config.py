@@ -59,6 +59,7 @@ class DataConfig:
     image_folder: str = ""
     template: str = "vicuna_v1"  # vicuna_v1 (SFT) | plain (caption pretraining, as LLaVA)
     max_length: int = 2048
+    bad_images: str = "fail"  # fail | skip: what the pre-run data check does with unusable samples
 
 
 @dataclass
@@ -97,7 +98,7 @@ class TrainConfig:
     save_total_limit: int = 2
     logging_steps: int = 10
     dataloader_workers: int = 0
-    resume: str = ""  # "", "auto" (latest checkpoint in output_dir) or a checkpoint path
+    resume: str = "auto"  # "auto" (latest checkpoint of this config in output_dir), "" (from step 0) or a path
 
 
 @dataclass
@@ -140,6 +141,7 @@ class RunConfig:
             (self.output_dir != "", "output_dir", "must be set"),
             (self.model.source in ("tiny", "llava", "compose"), "model.source", "must be tiny, llava or compose"),
             (self.data.template in ("vicuna_v1", "plain"), "data.template", "must be vicuna_v1 or plain"),
+            (self.data.bad_images in ("fail", "skip"), "data.bad_images", "must be fail or skip"),
             (self.train.stage in ("warmup", "pretrain", "sft"), "train.stage", "must be warmup, pretrain or sft"),
             (self.train.llm in ("frozen", "lora", "full"), "train.llm", "must be frozen, lora or full"),
             (0.0 <= self.fastslow.ratio < 1.0, "fastslow.ratio", "p must be in [0, 1)"),

@@ -19,41 +19,70 @@ class DataError(ValueError):
     pass
 
 
+def sample_problem(s, image_folder: Path) -> str | None:
+    """What is wrong with one sample's structure, text or image path (the file is not opened), or None."""
+    if not isinstance(s, dict):
+        return f"expected an object, got {type(s).__name__}"
+    conv = s.get("conversations")
+    if not isinstance(conv, list) or len(conv) < 2 or len(conv) % 2:
+        return "'conversations' must be a list of human/gpt turn pairs"
+    for t, turn in enumerate(conv):
+        want = "human" if t % 2 == 0 else "gpt"
+        if not isinstance(turn, dict) or turn.get("from") != want or not isinstance(turn.get("value"), str):
+            return f"turn {t} must be {{'from': '{want}', 'value': <str>}}, got {turn!r}"
+        if want == "gpt" and not turn["value"].strip():
+            return f"turn {t} is an empty answer: it would train the model to stop at once"
+    n_img = sum(turn["value"].count(IMAGE_TOKEN) for turn in conv)
+    if "image" not in s:
+        return f"text has {IMAGE_TOKEN} but the sample has no 'image'" if n_img else None
+    if n_img != 1:
+        return f"has an image but {n_img} {IMAGE_TOKEN} placeholders (need exactly 1)"
+    return image_path_problem(s["image"], image_folder)
+
+
+def image_path_problem(rel, image_folder: Path) -> str | None:
+    """A sample's image must be a relative path that stays inside the image folder; anything else
+    (an absolute path, enough '../') is never opened."""
+    if not isinstance(rel, str) or not rel:
+        return f"'image' must be a non-empty relative path, got {rel!r}"
+    if Path(rel).is_absolute():
+        return f"image '{rel}' is an absolute path; image paths are relative to the image folder"
+    root = Path(image_folder).resolve()
+    if not (root / rel).resolve().is_relative_to(root):
+        return f"image '{rel}' leaves the image folder {image_folder}"
+    return None
+
+
 def validate_samples(rows, json_path: Path, image_folder: Path) -> None:
-    """Fail before training on the first malformed sample, naming the file and the sample."""
+    """Fail before training on the first malformed sample, naming the file and the sample.
+    (`python -m dualspeed.data check` also opens every image and lists every bad sample.)"""
     if not isinstance(rows, list):
         raise DataError(f"{json_path}: expected a JSON list of samples, got {type(rows).__name__}")
     for i, s in enumerate(rows):
         sid = s.get("id", "?") if isinstance(s, dict) else "?"
-        where = f"{json_path}: sample #{i} (id={sid})"
-        if not isinstance(s, dict):
-            raise DataError(f"{where}: expected an object, got {type(s).__name__}")
-        conv = s.get("conversations")
-        if not isinstance(conv, list) or len(conv) < 2 or len(conv) % 2:
-            raise DataError(f"{where}: 'conversations' must be a list of human/gpt turn pairs")
-        for t, turn in enumerate(conv):
-            want = "human" if t % 2 == 0 else "gpt"
-            if not isinstance(turn, dict) or turn.get("from") != want or not isinstance(turn.get("value"), str):
-                raise DataError(f"{where}: turn {t} must be {{'from': '{want}', 'value': <str>}}, got {turn!r}")
-        n_img = sum(turn["value"].count(IMAGE_TOKEN) for turn in conv)
-        if "image" in s:
-            if n_img != 1:
-                raise DataError(f"{where}: has an image but {n_img} {IMAGE_TOKEN} placeholders (need exactly 1)")
-            if not (image_folder / s["image"]).is_file():
-                raise DataError(f"{where}: image '{s['image']}' not found under {image_folder}")
-        elif n_img:
-            raise DataError(f"{where}: text has {IMAGE_TOKEN} but the sample has no 'image'")
+        problem = sample_problem(s, image_folder)
+        if problem is None and "image" in s and not (image_folder / s["image"]).is_file():
+            problem = f"image '{s['image']}' not found under {image_folder}"
+        if problem:
+            raise DataError(f"{json_path}: sample #{i} (id={sid}): {problem}")
 
 
-def load_samples(json_path: str | Path, image_folder: str | Path) -> list[dict]:
-    json_path, image_folder = Path(json_path), Path(image_folder)
+def read_rows(json_path: str | Path) -> list:
+    json_path = Path(json_path)
     if not json_path.is_file():
         raise DataError(f"data file {json_path} does not exist")
     try:
         rows = json.loads(json_path.read_text())
     except json.JSONDecodeError as e:
         raise DataError(f"{json_path}: not valid JSON ({e})") from None
-    validate_samples(rows, json_path, image_folder)
+    if not isinstance(rows, list):
+        raise DataError(f"{json_path}: expected a JSON list of samples, got {type(rows).__name__}")
+    return rows
+
+
+def load_samples(json_path: str | Path, image_folder: str | Path) -> list[dict]:
+    rows = read_rows(json_path)
+    validate_samples(rows, Path(json_path), Path(image_folder))
     return rows
 
 
@@ -133,8 +162,10 @@ def stack_images(items: list[dict]) -> dict:
 
 
 class LlavaDataset(Dataset):
-    def __init__(self, json_path, image_folder, tokenizer, processor, template="vicuna_v1", max_length=2048):
-        self.rows = load_samples(json_path, image_folder)
+    def __init__(self, json_path, image_folder, tokenizer, processor, template="vicuna_v1", max_length=2048,
+                 rows: list[dict] | None = None):
+        # rows: samples already checked (dualspeed.data_check); otherwise read and validated here
+        self.rows = rows if rows is not None else load_samples(json_path, image_folder)
         self.image_folder = Path(image_folder)
         self.tokenizer, self.processor = tokenizer, processor
         self.template, self.max_length = template, max_length
@@ -148,7 +179,11 @@ class LlavaDataset(Dataset):
         ids, labels = ids[: self.max_length], labels[: self.max_length]
         item = {"input_ids": torch.tensor(ids), "labels": torch.tensor(labels)}
         if "image" in s:
-            item.update(load_image(self.image_folder / s["image"], self.processor))
+            try:
+                item.update(load_image(self.image_folder / s["image"], self.processor))
+            except (OSError, ValueError) as e:  # a file that changed or broke after the pre-run check
+                raise DataError(f"sample #{i} (id={s.get('id', '?')}): cannot read image "
+                                f"{self.image_folder / s['image']}: {e}") from e
         return item
 
 
@@ -167,3 +202,14 @@ class Collator:
         has_image = torch.tensor(["pixel_values" in it for it in items])
         images = stack_images([it for it in items if "pixel_values" in it])
         return {"input_ids": ids, "attention_mask": mask, "labels": labels, "has_image": has_image, **images}
+
+
+def main(argv=None):
+    """`python -m dualspeed.data check --json FILE --image-folder DIR`: the pre-run data check."""
+    from .data_check import main as check_main
+
+    return check_main(argv)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -10,6 +10,7 @@ import re
 from pathlib import Path
 
 from tqdm import tqdm
+from transformers import set_seed
 
 from . import provenance
 from .infer import MODES, Predictor, Query
@@ -50,10 +51,12 @@ def main(argv=None):
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    ap.add_argument("--seed", type=int, default=0, help="seeds everything random (the `random` VTP method)")
     ap.add_argument("--out")
     a = ap.parse_args(argv)
+    set_seed(a.seed)
     res = evaluate(a.ckpt, a.data, a.tasks.split(","), a.mode, a.limit or None, batch_size=a.batch_size,
-                   method=a.method, ratio=a.ratio, device=a.device, dtype=a.dtype)
+                   method=a.method, ratio=a.ratio, device=a.device, dtype=a.dtype, seed=a.seed)
     res = {"point": json.loads(a.point), "checkpoint": a.ckpt, "backend": "synthetic", **res,
            "provenance": provenance.collect()}
     print(provenance.write_json(a.out, res) if a.out else json.dumps(res, indent=2))

@@ -24,7 +24,8 @@ class Query:
 
 class Predictor:
     def __init__(self, ckpt: str | Path, mode: str = "normal", method: str | None = None, ratio: float | None = None,
-                 batch_size: int = 16, device: str = "cpu", dtype: str = "float32", max_new_tokens: int = 16):
+                 batch_size: int = 16, device: str = "cpu", dtype: str = "float32", max_new_tokens: int = 16,
+                 seed: int = 0):
         if mode not in MODES:
             raise ValueError(f"unknown inference mode '{mode}'; choose one of {', '.join(MODES)}")
         torch_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
@@ -38,7 +39,7 @@ class Predictor:
             # default to what the run was trained with; explicit arguments override
             method = method or fs.get("method") or "divprune"
             ratio = ratio if ratio is not None else fs.get("ratio", 0.9)
-            self.prune = Prune(method, float(ratio))
+            self.prune = Prune(method, float(ratio), seed=seed)
         self.mode, self.batch_size, self.device, self.dtype = mode, batch_size, device, torch_dtype
         self.max_new_tokens = max_new_tokens
         self.stats = {"samples": 0, "seconds": 0.0, "visual_tokens": 0, "images": 0}

@@ -36,9 +36,12 @@ class Prune:
 
     method: str
     ratio: float
+    seed: int | None = None  # inference: a generator of its own for methods that draw random numbers
 
     def __post_init__(self):
         self.plugin = vtp.get(self.method)
+        # training leaves it None: the global RNG is seeded and restored with every checkpoint
+        self.generator = torch.Generator().manual_seed(self.seed) if self.seed is not None else None
 
 
 @dataclass
@@ -198,8 +201,10 @@ class DualSpeedLlava(nn.Module):
             pixel_values = torch.cat([p[:c] for p, c in zip(pixel_values, crops)])  # drop batch-padding crops
         feats = self.encode_images(pixel_values)
         ctx = None
-        if prune is not None and prune.plugin.needs_text:
-            ctx = self.text_context(input_ids, attention_mask, labels, has_image, crops)
+        if prune is not None:
+            ctx = (self.text_context(input_ids, attention_mask, labels, has_image, crops)
+                   if prune.plugin.needs_text else vtp.VTPContext())
+            ctx.generator = prune.generator
         return self.visual_sequence(feats, prune, isolator, ctx, crops, image_sizes)
 
     # -- forward ------------------------------------------------------------------------------

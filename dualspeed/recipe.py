@@ -63,7 +63,8 @@ def pretrain_spec(cfg: dict, pt: Point) -> dict:
         "output_dir": pretrain_dir(cfg, pt.pretrain_tag),
         "model": model,
         "data": {"json": paths["pretrain"], "image_folder": paths.get("pretrain_image_folder", paths["image_folder"]),
-                 "template": "plain", "max_length": cfg["data"].get("max_length", 2048)},
+                 "template": "plain", "max_length": cfg["data"].get("max_length", 2048),
+                 "bad_images": cfg["data"].get("bad_images", "fail")},
         "train": {**copy.deepcopy(cfg["pretrain"]["train"]), "stage": "pretrain"},
         "fastslow": stage_fastslow(pt, "pretrain", *_fs_defaults(cfg)),
     }
@@ -75,7 +76,7 @@ def sft_spec(cfg: dict, pt: Point) -> dict:
         "output_dir": sft_dir(cfg, pt),
         "model": {"source": "llava", "path": f"{pretrain_dir(cfg, pt.pretrain_tag)}/hf"},
         "data": {"json": paths["sft"], "image_folder": paths["image_folder"], "template": "vicuna_v1",
-                 "max_length": cfg["data"].get("max_length", 2048)},
+                 "max_length": cfg["data"].get("max_length", 2048), "bad_images": cfg["data"].get("bad_images", "fail")},
         "train": {**copy.deepcopy(cfg["sft"]["train"]), "stage": "sft"},
         "fastslow": stage_fastslow(pt, "sft", *_fs_defaults(cfg)),
         "pmod": {**copy.deepcopy(cfg.get("pmod", {})), "enabled": pt.settings["pmod"]},

@@ -14,23 +14,28 @@ import csv
 import json
 import logging
 import math
+import os
+import shutil
 import sys
 import time
 from pathlib import Path
 
 import torch
-from transformers import Trainer, TrainerCallback, TrainingArguments
-from transformers.trainer_utils import get_last_checkpoint
+import yaml
+from transformers import Trainer, TrainerCallback, TrainingArguments, set_seed
 
 from . import provenance
+from .build import load_components, reinit_projector
+from .checkpoint import carry_extras, export_hf, load_trainable, save_trainable
 from .config import RunConfig, dump_config, load_config
 from .data import Collator, LlavaDataset
+from .data_check import checked_rows
 from .fastslow import FAST, FULL, SLOW, ModeSchedule, mode_loss
-from .build import load_components, reinit_projector
-from .checkpoint import export_hf, load_trainable, save_trainable
 from .model import DualSpeedLlava, Prune
 
 log = logging.getLogger("dualspeed.train")
+MODE_CODES = {FULL: 0, FAST: 1, SLOW: 2}
+MODE_NAMES = {v: k for k, v in MODE_CODES.items()}
 
 
 def set_trainable(model: DualSpeedLlava, cfg: RunConfig) -> dict[str, int]:
@@ -65,16 +70,23 @@ def set_trainable(model: DualSpeedLlava, cfg: RunConfig) -> dict[str, int]:
 class StepLog(TrainerCallback):
     """Per-step CSV: mode, teacher/student CE, KL, loss, tokens, step time, LR."""
 
-    FIELDS = ["step", "mode", "loss", "teacher_ce", "student_ce", "kl", "visual_tokens", "text_tokens", "step_time_s", "lr"]
+    FIELDS = ["step", "mode", "loss", "teacher_ce", "student_ce", "kl", "visual_tokens", "text_tokens", "samples",
+              "step_time_s", "lr"]
 
     def __init__(self, trainer: "DualSpeedTrainer", path: Path):
         self.trainer, self.path = trainer, path
         self.t0 = None
 
     def on_train_begin(self, args, state, control, **kw):
-        if state.is_world_process_zero and (not self.path.exists() or state.global_step == 0):
-            with self.path.open("w", newline="") as f:
-                csv.writer(f).writerow(self.FIELDS)
+        if not state.is_world_process_zero:
+            return
+        # A resumed run replays from the checkpoint's step: rows a killed attempt wrote after it
+        # would appear twice, so the log is cut back to the checkpoint.
+        kept = [r for r in read_steps(self.path) if int(r["step"]) <= state.global_step] if state.global_step else []
+        with self.path.open("w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(self.FIELDS)
+            w.writerows([r.get(k, "") for k in self.FIELDS] for r in kept)
 
     def on_step_begin(self, args, state, control, **kw):
         if torch.cuda.is_available():
@@ -86,12 +98,11 @@ class StepLog(TrainerCallback):
             torch.cuda.synchronize()
         dt = time.perf_counter() - self.t0
         s = self.trainer.pop_step_stats()
-        self.trainer.totals["step_time_s"] += dt
         if not state.is_world_process_zero:
             return
         lr = self.trainer.lr_scheduler.get_last_lr()[0] if self.trainer.lr_scheduler else float("nan")
         row = [state.global_step, s["mode"], s["loss"], s["teacher_ce"], s["student_ce"], s["kl"],
-               s["visual_tokens"], s["text_tokens"], round(dt, 5), lr]
+               s["visual_tokens"], s["text_tokens"], s["samples"], round(dt, 5), lr]
         with self.path.open("a", newline="") as f:
             csv.writer(f).writerow(row)
 
@@ -103,22 +114,37 @@ class DualSpeedTrainer(Trainer):
         fs = run_cfg.fastslow
         self.prune = Prune(fs.method, fs.ratio) if fs.prune else None
         self.schedule = ModeSchedule(fs.slow_prob if fs.prune else 0.0, run_cfg.train.seed)
-        self.totals = {"visual_tokens": 0, "text_tokens": 0, "samples": 0, "step_time_s": 0.0, FAST: 0, SLOW: 0, FULL: 0}
+        self.rank_modes_checked = 0
         self._stats = self._empty_stats()
 
     @staticmethod
     def _empty_stats():
         return {"mode": "", "loss": 0.0, "teacher_ce": math.nan, "student_ce": math.nan, "kl": math.nan,
-                "visual_tokens": 0, "text_tokens": 0, "n": 0}
+                "visual_tokens": 0, "text_tokens": 0, "samples": 0, "n": 0}
 
     def pop_step_stats(self) -> dict:
         s = self._stats
         if s["n"]:
             for k in ("loss", "teacher_ce", "student_ce", "kl"):
                 s[k] = round(s[k] / s["n"], 6)
-        self.totals[s["mode"] or FULL] += 1
+        if self.args.world_size > 1:
+            s = self._across_ranks(s)
         self._stats = self._empty_stats()
         return s
+
+    def _across_ranks(self, s: dict) -> dict:
+        """Sum the step's token and sample counts over ranks, and check every rank ran the same mode:
+        a rank that drew another mode would train a different objective (or deadlock in DDP)."""
+        code = MODE_CODES[s["mode"] or FULL]
+        local = torch.tensor([[code, s["visual_tokens"], s["text_tokens"], s["samples"]]], dtype=torch.float64,
+                             device=self.args.device)
+        every = self.accelerator.gather(local).cpu()  # [world, 4]
+        if not bool((every[:, 0] == code).all()):
+            raise RuntimeError(f"ranks disagree on the mode of optimizer step {self.state.global_step}: "
+                               f"{[MODE_NAMES[int(c)] for c in every[:, 0]]}")
+        self.rank_modes_checked += 1
+        total = every[:, 1:].sum(0).long().tolist()
+        return {**s, "visual_tokens": total[0], "text_tokens": total[1], "samples": total[2]}
 
     def _record(self, mode, loss, inputs, visual_tokens, teacher_ce=None, student_ce=None, kl=None):
         s = self._stats
@@ -131,9 +157,7 @@ class DualSpeedTrainer(Trainer):
         text = int(inputs["attention_mask"].sum()) - int(inputs["has_image"].sum())  # placeholders are replaced
         s["visual_tokens"] += visual_tokens
         s["text_tokens"] += text
-        self.totals["visual_tokens"] += visual_tokens
-        self.totals["text_tokens"] += text
-        self.totals["samples"] += inputs["input_ids"].shape[0]
+        s["samples"] += inputs["input_ids"].shape[0]
 
     def current_mode(self) -> str:
         if self.prune is None:
@@ -147,9 +171,24 @@ class DualSpeedTrainer(Trainer):
         mode = self.current_mode()
         r = mode_loss(model, inputs, mode, self.prune, fs.isolator, fs.distill, fs.tau, fs.lam,
                       teacher_model=self.accelerator.unwrap_model(model))
+        if not bool(torch.isfinite(r.loss.detach())):
+            self._stop_nonfinite(mode, r)
         self._record(mode, r.loss.detach(), inputs, r.visual_tokens, teacher_ce=r.teacher_ce,
                      student_ce=r.student_ce, kl=r.kl)
         return (r.loss, r.out) if return_outputs else r.loss
+
+    def _stop_nonfinite(self, mode: str, r) -> None:
+        """Stop at the first NaN/inf loss: every later step would only spread it into the weights."""
+        step = self.state.global_step
+        note = {"step": step, "mode": mode, "loss": float(r.loss.detach()),
+                **{k: (None if v is None else float(v)) for k, v in
+                   (("teacher_ce", r.teacher_ce), ("student_ce", r.student_ce), ("kl", r.kl))}}
+        path = Path(self.run_cfg.output_dir) / "nonfinite_loss.json"
+        if self.args.process_index == 0:
+            provenance.write_json(path, note)
+        raise FloatingPointError(
+            f"non-finite loss {note['loss']} at optimizer step {step} in {mode} mode (details in {path}); the weights "
+            "were not updated. Lower the learning rate, check the data, or resume from the last checkpoint")
 
     def create_optimizer(self):
         if self.optimizer is not None:
@@ -200,6 +239,7 @@ def training_args(cfg: RunConfig, out: Path) -> TrainingArguments:
         logging_steps=t.logging_steps, save_strategy="steps", save_steps=t.save_steps,
         save_total_limit=t.save_total_limit, bf16=t.bf16 and cuda, tf32=(t.tf32 and cuda) or None,
         deepspeed=t.deepspeed or None, seed=t.seed, data_seed=t.seed, report_to=[], remove_unused_columns=False,
+        ignore_data_skip=False,  # a resumed run skips the batches it already trained on: the same data order
         dataloader_num_workers=t.dataloader_workers, use_cpu=not cuda, save_safetensors=False,
         # slow steps leave the isolator out of the graph; DDP must be told that can happen
         ddp_find_unused_parameters=uses_unused, logging_dir=str(out / "tb"),
@@ -211,50 +251,130 @@ def run(cfg: RunConfig) -> dict:
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     t = cfg.train
+    # Seed before anything random is built (a fresh projector, the isolator, LoRA, the data order):
+    # two runs of one config must give the same bytes.
+    set_seed(t.seed)
+    # Every image is opened and every conversation checked before a model is loaded: a bad sample
+    # fails here, named, rather than hours into the run.
+    world_main = int(os.environ.get("RANK", "0")) == 0
+    rows, skipped = checked_rows(cfg.data, out, progress=world_main)
     dtype = torch.bfloat16 if (t.bf16 and torch.cuda.is_available()) else torch.float32
     llava, tokenizer, processor = load_components(cfg.model, dtype=dtype, seed=t.seed)
-    # Data is validated before the model is touched further, so bad samples fail fast.
     dataset = LlavaDataset(cfg.data.json, cfg.data.image_folder, tokenizer, processor, cfg.data.template,
-                           cfg.data.max_length)
+                           cfg.data.max_length, rows=rows)
     if cfg.model.reinit_projector:
         reinit_projector(llava, t.seed)
     model = DualSpeedLlava(llava, cfg.fastslow.isolator_len)
     if cfg.pmod.enabled:
         pm = cfg.pmod
         log.info("p-MoD ratios per layer: %s", model.enable_pmod(pm.dense_above, pm.floor, pm.alpha, pm.beta).ratios)
+    # the previous stage's isolator (and routers) continue here rather than restart from a fresh init
+    carried = carry_extras(model, cfg.model.path) if cfg.model.source == "llava" else []
+    if carried:
+        log.info("continuing from %s's trained %s", cfg.model.path, ", ".join(carried))
     counts = set_trainable(model, cfg)
     if t.gradient_checkpointing:
         model.language_model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     args = training_args(cfg, out)
+    resume = resume_point(cfg, out, write=args.process_index == 0)
     if args.process_index == 0:
         dump_config(cfg, out / "config.resolved.yaml")
-        provenance.write(out, {"trainable_parameters": counts, "samples": len(dataset)})
+        provenance.write(out, {"trainable_parameters": counts, "samples": len(dataset), "skipped_samples": skipped,
+                               "carried_extras": carried, "resumed_from": resume, "seed": t.seed})
     trainer = DualSpeedTrainer(model=model, args=args, train_dataset=dataset,
                                data_collator=Collator(tokenizer.pad_token_id), run_cfg=cfg)
     trainer.add_callback(StepLog(trainer, out / "steps.csv"))
-    resume = None
-    if t.resume == "auto":
-        resume = get_last_checkpoint(str(out / "checkpoints")) if (out / "checkpoints").is_dir() else None
-    elif t.resume:
-        resume = t.resume
     result = trainer.train(resume_from_checkpoint=resume)
-    tot = trainer.totals
-    runtime = result.metrics["train_runtime"]
-    timing = {
-        "stage": t.stage, "train_runtime_s": runtime, "steps": trainer.state.global_step,
-        "loop_step_time_s": tot["step_time_s"], "samples": tot["samples"],
-        "visual_tokens": tot["visual_tokens"], "text_tokens": tot["text_tokens"],
-        "tokens_per_s": (tot["visual_tokens"] + tot["text_tokens"]) / runtime if runtime else None,
-        "samples_per_s": tot["samples"] / runtime if runtime else None,
-        "mode_steps": {k: tot[k] for k in (FAST, SLOW, FULL)}, "resumed_from": resume,
-        "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"cpu x{torch.get_num_threads()}",
-    }
-    meta = {"stage": t.stage, "isolator_len": cfg.fastslow.isolator_len, "fastslow": cfg.to_dict()["fastslow"]}
+    timing = {"stage": t.stage, **step_totals(out / "steps.csv", resume, result.metrics["train_runtime"]),
+              "resumed_from": resume, "world_size": args.world_size,
+              "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"cpu x{torch.get_num_threads()}"}
+    if args.world_size > 1:
+        timing["ranks_agree"] = {"modes_checked_steps": trainer.rank_modes_checked,
+                                 "weights": ranks_hold_same_weights(trainer)}
+    trained = (["isolator"] if (cfg.fastslow.prune and cfg.fastslow.isolator) or "isolator" in carried else [])
+    trained += ["pmod"] if model.pmod is not None else []
+    meta = {"stage": t.stage, "isolator_len": cfg.fastslow.isolator_len, "fastslow": cfg.to_dict()["fastslow"],
+            "trained_extras": trained, "carried_from": cfg.model.path if carried else None}
     export(model, tokenizer, processor, out / "hf", meta, write=args.process_index == 0)
     if args.process_index == 0:
         # timing.json last: its presence marks a finished stage
-        (out / "timing.json").write_text(json.dumps(timing, indent=2))
+        provenance.write_json(out / "timing.json", timing)
     return timing
+
+
+def resume_point(cfg: RunConfig, out: Path, write: bool) -> str | None:
+    """The checkpoint to continue from: `resume: auto` takes the latest one of this same config.
+
+    Checkpoints left by a run of another config (the user changed a setting and re-ran) are not
+    this run's past: they are removed, and the run starts from step 0."""
+    t = cfg.train
+    if t.resume and t.resume != "auto":
+        return t.resume
+    ckpts = out / "checkpoints"
+    if t.resume != "auto" or not ckpts.is_dir():
+        return None
+    old = out / "config.resolved.yaml"
+    same = old.is_file() and _comparable(yaml.safe_load(old.read_text())) == _comparable(cfg.to_dict())
+    if not same:
+        log.warning("%s holds checkpoints of a different config; starting from step 0", out)
+        if write:
+            shutil.rmtree(ckpts, ignore_errors=True)
+            (out / "steps.csv").unlink(missing_ok=True)
+        return None
+    last = last_complete_checkpoint(ckpts)
+    if last:
+        log.info("resuming from %s", last)
+    return last
+
+
+def last_complete_checkpoint(ckpts: Path) -> str | None:
+    """The newest checkpoint whose write finished: the Trainer writes trainer_state.json last, so a
+    job killed mid-save leaves a directory without it, which must not be resumed from."""
+    done = [d for d in ckpts.glob("checkpoint-*") if d.name.split("-")[-1].isdigit()
+            and (d / "trainer_state.json").is_file()]
+    return str(max(done, key=lambda d: int(d.name.split("-")[-1]))) if done else None
+
+
+def _comparable(d: dict) -> dict:
+    d = {**d, "train": {k: v for k, v in d.get("train", {}).items() if k != "resume"}}
+    return json.loads(json.dumps(d))
+
+
+def step_totals(steps_csv: Path, resume: str | None, runtime: float) -> dict:
+    """Totals over every step of the run, the steps of earlier (killed) attempts included: steps.csv
+    is the complete per-step record once cut back to the checkpoint. A resumed run's wall time is
+    this attempt's runtime plus the loop time of the steps it did not redo."""
+    rows = read_steps(steps_csv)
+    done = int(Path(resume).name.split("-")[-1]) if resume else 0
+    earlier = sum(float(r["step_time_s"]) for r in rows if int(r["step"]) <= done)
+    total = runtime + earlier
+    vis, txt = sum(int(r["visual_tokens"]) for r in rows), sum(int(r["text_tokens"]) for r in rows)
+    samples = sum(int(r.get("samples") or 0) for r in rows)
+    return {"train_runtime_s": total, "steps": len(rows), "loop_step_time_s": sum(float(r["step_time_s"]) for r in rows),
+            "samples": samples, "visual_tokens": vis, "text_tokens": txt,
+            "tokens_per_s": (vis + txt) / total if total else None, "samples_per_s": samples / total if total else None,
+            "mode_steps": {m: sum(r["mode"] == m for r in rows) for m in (FAST, SLOW, FULL)}}
+
+
+def ranks_hold_same_weights(trainer: Trainer) -> bool:
+    """After training, every rank's trainable tensors must be equal (DDP keeps them so); a per-tensor
+    checksum is gathered and compared. Skipped under ZeRO, whose ranks hold shards."""
+    if trainer.is_deepspeed_enabled:
+        return None
+    model = trainer.accelerator.unwrap_model(trainer.model)
+    sums = torch.stack([p.detach().double().sum() for p in model.parameters() if p.requires_grad])
+    every = trainer.accelerator.gather(sums[None].to(trainer.args.device)).cpu()
+    same = bool((every == every[0]).all())
+    if not same:
+        raise RuntimeError("ranks ended training with different weights")
+    return same
+
+
+def read_steps(path: Path) -> list[dict]:
+    if not path.is_file():
+        return []
+    with path.open(newline="") as f:
+        return list(csv.DictReader(f))
 
 
 def export(model, tokenizer, processor, path: Path, meta: dict, write: bool):

@@ -37,7 +37,7 @@ class DualSpeedLMM(lmms):
 
     def __init__(self, pretrained: str, mode: str = "normal", method: str | None = None, ratio: float | None = None,
                  batch_size: int = 16, device: str = "cpu", dtype: str = "float32", max_new_tokens: int = 16,
-                 stats_out: str = "", **kwargs):
+                 stats_out: str = "", seed: int = 0, **kwargs):
         super().__init__()
         if not (Path(pretrained) / "config.json").is_file():
             raise FileNotFoundError(f"dualspeed_llava: no checkpoint at '{pretrained}' (expected <run>/hf with config.json)")
@@ -48,7 +48,7 @@ class DualSpeedLMM(lmms):
         self._net = _Holder(Predictor(pretrained, mode=mode, method=method or None,
                                       ratio=float(ratio) if ratio not in (None, "") else None,
                                       batch_size=int(batch_size), device=device, dtype=dtype,
-                                      max_new_tokens=int(max_new_tokens)))
+                                      max_new_tokens=int(max_new_tokens), seed=int(seed)))
         self.batch_size_per_gpu = int(batch_size)
         self._stats_out = stats_out
 
