@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -45,10 +46,12 @@ def image_path_problem(rel, image_folder: Path) -> str | None:
     (an absolute path, enough '../') is never opened."""
     if not isinstance(rel, str) or not rel:
         return f"'image' must be a non-empty relative path, got {rel!r}"
-    if Path(rel).is_absolute():
+    if os.path.isabs(rel):
         return f"image '{rel}' is an absolute path; image paths are relative to the image folder"
-    root = Path(image_folder).resolve()
-    if not (root / rel).resolve().is_relative_to(root):
+    # string checks only: this runs for every sample of 665K-sample files, and resolving each path
+    # on a network file system costs more than the whole rest of the check
+    norm = os.path.normpath(rel)
+    if norm == ".." or norm.startswith("../"):
         return f"image '{rel}' leaves the image folder {image_folder}"
     return None
 

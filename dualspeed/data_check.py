@@ -135,7 +135,7 @@ def check_data(json_path, image_folder, workers: int | None = None, cache_file: 
         if why:
             problems[i] = Problem(i, sid, why, s.get("image") if isinstance(s, dict) else None)
         elif "image" in s:
-            images[i] = str(folder / s["image"])
+            images[i] = os.path.join(folder, s["image"])
     if cache_file is True:
         cache_file = default_cache(folder)
     verdict = check_images(list(images.values()), workers, cache_file or None, progress)
