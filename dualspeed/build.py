@@ -136,12 +136,22 @@ def _compose(cfg: ModelConfig, dtype):
 
 
 def _load_llava(path, dtype):
-    """A llava-hf checkpoint of either family, chosen by its config.json."""
-    config = AutoConfig.from_pretrained(path)
+    """A llava-hf checkpoint of either family, chosen by its config.json (a local p-MoD export's
+    marking undone: its routers are attached by checkpoint.load_exported)."""
+    if (Path(path) / "config.json").is_file():
+        from .hf_files import load_config_dict
+
+        data, _ = load_config_dict(Path(path))
+        if data.get("model_type") not in ("llava", "llava_next"):
+            raise ValueError(f"{path} is a '{data.get('model_type')}' checkpoint; expected a llava-hf 'llava' or 'llava_next' one")
+        config = (LlavaNextConfig if data["model_type"] == "llava_next" else LlavaConfig).from_dict(data)
+    else:
+        config = AutoConfig.from_pretrained(path)
     if config.model_type not in ("llava", "llava_next"):
         raise ValueError(f"{path} is a '{config.model_type}' checkpoint; expected a llava-hf 'llava' or 'llava_next' one")
     cls = LlavaNextForConditionalGeneration if config.model_type == "llava_next" else LlavaForConditionalGeneration
-    return cls.from_pretrained(path, torch_dtype=dtype), AutoImageProcessor.from_pretrained(path, use_fast=False)
+    model = cls.from_pretrained(path, config=config, torch_dtype=dtype)
+    return model, AutoImageProcessor.from_pretrained(path, use_fast=False)
 
 
 def load_components(cfg: ModelConfig, dtype=torch.float32, seed: int = 0):

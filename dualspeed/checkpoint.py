@@ -12,6 +12,7 @@ from torch import nn
 from transformers import AutoTokenizer
 
 from .build import _load_llava
+from .hf_files import mark_pmod, prepare_tokenizer, processor_for_export
 from .model import DualSpeedLlava
 
 EXTRA_FILE = "dualspeed_extra.safetensors"  # isolator (and anything else outside the llava-hf layout)
@@ -47,7 +48,8 @@ def load_trainable(model: nn.Module, ckpt_dir: str | Path) -> None:
 
 
 def export_hf(model: DualSpeedLlava, tokenizer, processor, out_dir: str | Path, meta: dict) -> None:
-    """Write a plain llava-hf directory (LoRA merged) plus the isolator beside it.
+    """Write a plain llava-hf directory (LoRA merged, with the full processor and chat template that
+    AutoProcessor and lmms-eval expect) plus the isolator beside it; a p-MoD export is marked as such.
 
     Written into a sibling temp dir and renamed into place, so a job killed mid-export never leaves a
     directory that a later stage or evaluation would read as finished."""
@@ -62,13 +64,15 @@ def export_hf(model: DualSpeedLlava, tokenizer, processor, out_dir: str | Path, 
     if isinstance(lm, PeftModel):
         model.llava.model.language_model = lm.merge_and_unload()
     model.llava.save_pretrained(tmp, safe_serialization=True)
-    tokenizer.save_pretrained(tmp)
-    processor.save_pretrained(tmp)
+    prepare_tokenizer(tokenizer)
+    processor_for_export(model.llava, tokenizer, processor).save_pretrained(tmp)  # tokenizer and image processor too
     extra = {"isolator.prompt": model.isolator.prompt.detach().cpu().contiguous()}
     if model.pmod is not None:
         extra.update({f"pmod.{k}": v.detach().cpu().contiguous() for k, v in model.pmod.state_dict().items()})
         meta = {**meta, "pmod": model.pmod.meta()}
     save_file(extra, tmp / EXTRA_FILE)
+    if model.pmod is not None:
+        mark_pmod(tmp)
     (tmp / META_FILE).write_text(json.dumps(meta, indent=2))
     if out.exists():
         shutil.rmtree(out)

@@ -179,6 +179,8 @@ def build_tokenizer(splits: dict, out: Path):
     from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
     from transformers import PreTrainedTokenizerFast
 
+    from .hf_files import prepare_tokenizer
+
     pre = pre_tokenizers.Whitespace()
     words: set[str] = set()
     texts = [SYSTEM_PROMPT, "USER : ASSISTANT :"]
@@ -194,11 +196,7 @@ def build_tokenizer(splits: dict, out: Path):
     tok.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", vocab["<s>"])])
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>",
                                    pad_token="<pad>", additional_special_tokens=["<image>"])
-    fast.chat_template = (
-        "{{ '" + SYSTEM_PROMPT + "' }}{% for m in messages %}{% if m['role'] == 'user' %} USER: {{ m['content'] }}"
-        "{% else %} ASSISTANT: {{ m['content'] }}</s>{% endif %}{% endfor %}"
-        "{% if add_generation_prompt %} ASSISTANT:{% endif %}"
-    )
+    prepare_tokenizer(fast)  # the llava-hf chat template of the training prompt, no token_type_ids
     fast.save_pretrained(out)
     return fast
 
