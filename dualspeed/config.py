@@ -18,6 +18,9 @@ class ConfigError(ValueError):
     pass
 
 
+REPORT_TO = ("none", "tensorboard", "wandb")  # experiment trackers the Trainer is given
+
+
 @dataclass
 class TinyModelConfig:
     """Sizes of the tiny LLaVA built from config (CPU-friendly)."""
@@ -99,6 +102,7 @@ class TrainConfig:
     logging_steps: int = 10
     dataloader_workers: int = 0
     resume: str = "auto"  # "auto" (latest checkpoint of this config in output_dir), "" (from step 0) or a path
+    report_to: str = "none"  # none | tensorboard (events under <output_dir>/tb) | wandb
 
 
 @dataclass
@@ -144,6 +148,7 @@ class RunConfig:
             (self.data.bad_images in ("fail", "skip"), "data.bad_images", "must be fail or skip"),
             (self.train.stage in ("warmup", "pretrain", "sft"), "train.stage", "must be warmup, pretrain or sft"),
             (self.train.llm in ("frozen", "lora", "full"), "train.llm", "must be frozen, lora or full"),
+            (self.train.report_to in REPORT_TO, "train.report_to", "must be none, tensorboard or wandb"),
             (0.0 <= self.fastslow.ratio < 1.0, "fastslow.ratio", "p must be in [0, 1)"),
             (0.0 <= self.fastslow.slow_prob <= 1.0, "fastslow.slow_prob", "r must be in [0, 1]"),
             (self.fastslow.isolator_len >= 1, "fastslow.isolator_len", "must be >= 1"),

@@ -32,6 +32,7 @@ from .data import Collator, LlavaDataset
 from .data_check import checked_rows
 from .fastslow import FAST, FULL, SLOW, ModeSchedule, mode_loss
 from .model import DualSpeedLlava, Prune
+from .tracking import group_lrs, group_names, mode_scalars, report_to
 
 log = logging.getLogger("dualspeed.train")
 MODE_CODES = {FULL: 0, FAST: 1, SLOW: 2}
@@ -68,14 +69,19 @@ def set_trainable(model: DualSpeedLlava, cfg: RunConfig) -> dict[str, int]:
 
 
 class StepLog(TrainerCallback):
-    """Per-step CSV: mode, teacher/student CE, KL, loss, tokens, step time, LR."""
+    """Per-step CSV: mode, teacher/student CE, KL, loss, tokens, step time, and the LR each optimizer
+    part used in that step (`lr_projector`, `lr_llm`, `lr_isolator`, `lr_vision`: those that train)."""
 
     FIELDS = ["step", "mode", "loss", "teacher_ce", "student_ce", "kl", "visual_tokens", "text_tokens", "samples",
-              "step_time_s", "lr"]
+              "step_time_s"]
 
     def __init__(self, trainer: "DualSpeedTrainer", path: Path):
         self.trainer, self.path = trainer, path
         self.t0 = None
+        self.lrs: dict[str, float] = {}
+
+    def fields(self) -> list[str]:
+        return self.FIELDS + [f"lr_{g}" for g in group_names(self.trainer.optimizer)]
 
     def on_train_begin(self, args, state, control, **kw):
         if not state.is_world_process_zero:
@@ -85,10 +91,11 @@ class StepLog(TrainerCallback):
         kept = [r for r in read_steps(self.path) if int(r["step"]) <= state.global_step] if state.global_step else []
         with self.path.open("w", newline="") as f:
             w = csv.writer(f)
-            w.writerow(self.FIELDS)
-            w.writerows([r.get(k, "") for k in self.FIELDS] for r in kept)
+            w.writerow(self.fields())
+            w.writerows([r.get(k, "") for k in self.fields()] for r in kept)
 
     def on_step_begin(self, args, state, control, **kw):
+        self.lrs = group_lrs(self.trainer.optimizer)
         if torch.cuda.is_available():
             torch.cuda.synchronize()
         self.t0 = time.perf_counter()
@@ -100,9 +107,9 @@ class StepLog(TrainerCallback):
         s = self.trainer.pop_step_stats()
         if not state.is_world_process_zero:
             return
-        lr = self.trainer.lr_scheduler.get_last_lr()[0] if self.trainer.lr_scheduler else float("nan")
         row = [state.global_step, s["mode"], s["loss"], s["teacher_ce"], s["student_ce"], s["kl"],
-               s["visual_tokens"], s["text_tokens"], s["samples"], round(dt, 5), lr]
+               s["visual_tokens"], s["text_tokens"], s["samples"], round(dt, 5)]
+        row += [self.lrs.get(g, math.nan) for g in group_names(self.trainer.optimizer)]
         with self.path.open("a", newline="") as f:
             csv.writer(f).writerow(row)
 
@@ -116,6 +123,7 @@ class DualSpeedTrainer(Trainer):
         self.schedule = ModeSchedule(fs.slow_prob if fs.prune else 0.0, run_cfg.train.seed)
         self.rank_modes_checked = 0
         self._stats = self._empty_stats()
+        self._window: list[dict] = []  # step stats since the Trainer last logged, for the trackers
 
     @staticmethod
     def _empty_stats():
@@ -130,7 +138,16 @@ class DualSpeedTrainer(Trainer):
         if self.args.world_size > 1:
             s = self._across_ranks(s)
         self._stats = self._empty_stats()
+        self._window.append(s)
         return s
+
+    def log(self, logs: dict, *args, **kwargs) -> None:
+        """The Trainer's logs plus DualSpeed's per-mode averages (tracking.mode_scalars), so every
+        `report_to` tracker gets both (TensorBoard tags train/<name>)."""
+        if "loss" in logs and self._window:
+            logs = {**logs, **mode_scalars(self._window)}
+            self._window = []
+        super().log(logs, *args, **kwargs)
 
     def _across_ranks(self, s: dict) -> dict:
         """Sum the step's token and sample counts over ranks, and check every rank ran the same mode:
@@ -238,7 +255,8 @@ def training_args(cfg: RunConfig, out: Path) -> TrainingArguments:
         warmup_ratio=t.warmup_ratio, lr_scheduler_type=t.scheduler, num_train_epochs=t.epochs, max_steps=t.max_steps,
         logging_steps=t.logging_steps, save_strategy="steps", save_steps=t.save_steps,
         save_total_limit=t.save_total_limit, bf16=t.bf16 and cuda, tf32=(t.tf32 and cuda) or None,
-        deepspeed=t.deepspeed or None, seed=t.seed, data_seed=t.seed, report_to=[], remove_unused_columns=False,
+        deepspeed=t.deepspeed or None, seed=t.seed, data_seed=t.seed, report_to=report_to(t.report_to),
+        remove_unused_columns=False,
         ignore_data_skip=False,  # a resumed run skips the batches it already trained on: the same data order
         dataloader_num_workers=t.dataloader_workers, use_cpu=not cuda, save_safetensors=False,
         # slow steps leave the isolator out of the graph; DDP must be told that can happen
