@@ -6,18 +6,15 @@ import yaml
 
 from snakemake.utils import validate
 
-from dualspeed import recipe, vtp
+from dualspeed import plan_check, recipe
 from dualspeed.variants import INFERENCE_MODES, VARIANTS, fmt, point, table_points
 
-validate(config, schema="../schemas/config.schema.yaml")
+# command-line values coerced to the schema's types; key path, value and what is allowed on the
+# first line of any error; VTP methods and evaluation tasks checked before a job is planned
+config.update(plan_check.check(config, workflow.source_path("../schemas/config.schema.yaml")))
+validate(config, schema="../schemas/config.schema.yaml")  # fills the schema's defaults
 
 GRID = config["grid"]
-_unknown = sorted({GRID["method"], *GRID["methods"]} - set(vtp.available()))
-if _unknown:
-    raise ValueError(
-        f"config key 'grid.methods' names unknown VTP method(s) {_unknown}; registered: {vtp.available()}. "
-        "Add a file to dualspeed/vtp/ (see README, 'Adding a VTP method')."
-    )
 if config["model"]["source"] == "tiny" and not config.get("warmup", {}).get("enabled", False):
     raise ValueError("config key 'warmup.enabled' must be true when model.source is tiny: the tiny model starts random")
 
