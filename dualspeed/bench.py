@@ -175,13 +175,30 @@ def divprune_cost(p: dict, device, dtype, reps: int = 5) -> dict:
     return {"divprune_crops_per_batch": crops, "divprune_ms_per_batch": 1000 * (time.perf_counter() - t0) / reps}
 
 
-def eval_throughput(ckpt: str, data: str, rounds: int = 3, n: int = 200, batch_size: int = 64) -> dict:
+def eval_data_of(ckpt: str, data: str | None) -> str:
+    """The synthetic data the checkpoint was trained on (its run's config.resolved.yaml), unless given."""
+    from pathlib import Path
+
+    import yaml
+
+    if data is None:
+        resolved = Path(ckpt).parent / "config.resolved.yaml"
+        if resolved.is_file():
+            data = str(Path(yaml.safe_load(resolved.read_text())["data"]["json"]).parent)
+    if data is None or not (Path(data) / "eval_count.json").is_file():
+        raise SystemExit(f"--eval-data: no synthetic held-out set eval_count.json under {data or '(unknown)'}; "
+                         f"{ckpt} is not a finished run on synthetic data, so pass --eval-data <synthetic data root>")
+    return data
+
+
+def eval_throughput(ckpt: str, data: str | None = None, rounds: int = 3, n: int = 200, batch_size: int = 64) -> dict:
     """Inference samples/s of one checkpoint in each mode, rounds interleaved in one process."""
     import json as _json
     from pathlib import Path
 
     from .infer import MODES, Predictor, Query
 
+    data = eval_data_of(ckpt, data)
     rows = _json.loads((Path(data) / "eval_count.json").read_text())[:n]
     queries = [Query(r["question"], Path(data) / r["image"]) for r in rows]
     preds = {m: Predictor(ckpt, mode=m, batch_size=batch_size) for m in MODES}
@@ -208,7 +225,8 @@ def main(argv=None):
                     help="keep SDPA off its cuDNN backend (a comparison: its per-call CPU cost can dominate)")
     ap.add_argument("--out")
     ap.add_argument("--eval-ckpt", help="instead: inference throughput of this checkpoint in each mode")
-    ap.add_argument("--eval-data", default="resources/synth")
+    ap.add_argument("--eval-data", help="synthetic data root holding eval_count.json (default: the data the "
+                                        "checkpoint's run trained on, from its config.resolved.yaml)")
     a = ap.parse_args(argv)
     set_seed(0)  # the random inputs and weights of every preset: the same on every run
     if a.eval_ckpt:

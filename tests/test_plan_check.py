@@ -73,3 +73,16 @@ def test_snakemake_takes_nested_overrides_on_the_command_line(tmp_path):
     bad = subprocess.run(smk + ["--config", "eval={tasks: [synth_nosuch]}"], cwd=ROOT, capture_output=True, text=True,
                          env=env, timeout=300)
     assert bad.returncode != 0 and "'eval.tasks' names ['synth_nosuch']" in bad.stdout + bad.stderr
+
+
+def test_bench_eval_ckpt_reads_the_data_its_run_trained_on(synth_dir, tmp_path):
+    from dualspeed.bench import eval_data_of
+
+    run = tmp_path / "run"
+    (run / "hf").mkdir(parents=True)
+    with pytest.raises(SystemExit, match="pass --eval-data <synthetic data root>"):
+        eval_data_of(str(run / "hf"), None)
+    (run / "config.resolved.yaml").write_text(yaml.safe_dump({"data": {"json": str(synth_dir / "sft.json")}}))
+    assert eval_data_of(str(run / "hf"), None) == str(synth_dir)
+    with pytest.raises(SystemExit, match="no synthetic held-out set eval_count.json under /nowhere"):
+        eval_data_of(str(run / "hf"), "/nowhere")
