@@ -10,6 +10,7 @@ import sys
 import pytest
 import torch
 from safetensors.torch import load_file
+from transformers import CLIPImageProcessor
 
 from dualspeed.build import build_tiny, tiny_image_processor
 from dualspeed.checkpoint import EXTRA_FILE, export_hf
@@ -126,10 +127,10 @@ def test_non_finite_loss_stops_the_run_naming_step_and_mode(synth_dir, tokenizer
     assert not (out / "hf").exists() and not (out / "timing.json").exists()
 
 
-class _FailingProcessor:
-    """Fails the way a full disk or a kill would, halfway through an export."""
+class _FailingProcessor(CLIPImageProcessor):
+    """Fails the way a full disk or a kill would, halfway through an export (after the weights)."""
 
-    def save_pretrained(self, path):
+    def save_pretrained(self, *args, **kwargs):
         raise OSError("No space left on device")
 
 
