@@ -80,3 +80,12 @@ class ModalityLengthSampler(Sampler):
     def __iter__(self):
         gen = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
         return iter(modality_grouped(self.lengths, self.batch_size, self.n_chunks, gen))
+
+
+def grouped_sampler(train_cfg, args, dataset) -> ModalityLengthSampler | None:
+    """The trainer's sampler when `train.group_by_modality_length` is set, else None (the Trainer's own).
+    One megabatch is one optimizer step over all ranks (world size x accumulation), as in the reference."""
+    if not train_cfg.group_by_modality_length:
+        return None
+    return ModalityLengthSampler(dataset.modality_lengths(), args.per_device_train_batch_size,
+                                 args.world_size * args.gradient_accumulation_steps, args.seed)

@@ -32,7 +32,7 @@ from .data import Collator, LlavaDataset
 from .data_check import checked_rows
 from .fastslow import FAST, FULL, SLOW, ModeSchedule, mode_loss
 from .model import DualSpeedLlava, Prune
-from .sampler import ModalityLengthSampler
+from .sampler import grouped_sampler
 
 log = logging.getLogger("dualspeed.train")
 MODE_CODES = {FULL: 0, FAST: 1, SLOW: 2}
@@ -161,13 +161,8 @@ class DualSpeedTrainer(Trainer):
         s["samples"] += inputs["input_ids"].shape[0]
 
     def _get_train_sampler(self, train_dataset=None):
-        t = self.run_cfg.train
-        if not t.group_by_modality_length:
-            return super()._get_train_sampler(train_dataset)
         ds = train_dataset if train_dataset is not None else self.train_dataset
-        # one megabatch per optimizer step over all ranks, as the reference (world size x accumulation)
-        return ModalityLengthSampler(ds.modality_lengths(), self.args.per_device_train_batch_size,
-                                     self.args.world_size * self.args.gradient_accumulation_steps, self.args.seed)
+        return grouped_sampler(self.run_cfg.train, self.args, ds) or super()._get_train_sampler(train_dataset)
 
     def current_mode(self) -> str:
         if self.prune is None:
@@ -309,8 +304,7 @@ def run(cfg: RunConfig) -> dict:
     trained += ["pmod"] if model.pmod is not None else []
     meta = {"stage": t.stage, "isolator_len": cfg.fastslow.isolator_len, "fastslow": cfg.to_dict()["fastslow"],
             "trained_extras": trained, "carried_from": cfg.model.path if carried else None,
-            # evaluation reads the image preprocessing from here, so it sees images as this stage trained on them
-            "data": {"image_aspect_ratio": d.image_aspect_ratio}}
+            "data": {"image_aspect_ratio": d.image_aspect_ratio}}  # what evaluation preprocesses images with
     export(model, tokenizer, processor, out / "hf", meta, write=args.process_index == 0)
     if args.process_index == 0:
         # timing.json last: its presence marks a finished stage
