@@ -19,6 +19,7 @@ class ConfigError(ValueError):
 
 
 REPORT_TO = ("none", "tensorboard", "wandb")  # experiment trackers the Trainer is given
+ASPECT_RATIOS = ("pad", "crop", "anyres")
 
 
 @dataclass
@@ -63,6 +64,14 @@ class DataConfig:
     template: str = "vicuna_v1"  # vicuna_v1 (SFT) | plain (caption pretraining, as LLaVA)
     max_length: int = 2048
     bad_images: str = "fail"  # fail | skip: what the pre-run data check does with unusable samples
+    # Defaults are the reference's (LLaVA-1.5 as DualSpeed trains it); docs/recipes.md says where each is set.
+    # pad: expand to a square on the processor's mean colour, then resize (LLaVA-1.5 SFT and evaluation);
+    # crop: resize the short side and center-crop (LLaVA's 'square', its pretraining); anyres: LLaVA-NeXT crops
+    image_aspect_ratio: str = "pad"
+    plain_end: str = "newline"  # what ends a `plain` caption: newline (LLaVA's plain sep "\n") | eos
+    image_first: bool = True  # move <image> to the start of the human turn, then a newline (LLaVA)
+    # spliced: cut the sequence with its visual tokens to max_length (LLaVA); text: cut only the text
+    truncate: str = "spliced"
 
 
 @dataclass
@@ -86,6 +95,9 @@ class TrainConfig:
     isolator_lr: float = 2e-5
     vision_lr: float = 2e-5
     weight_decay: float = 0.0
+    max_grad_norm: float = 0.0  # 0 = no clipping: the reference's DeepSpeed configs set none
+    # batches of one modality (image or text-only), length-sorted within a global batch (LLaVA-1.5 SFT)
+    group_by_modality_length: bool = False
     warmup_ratio: float = 0.03
     scheduler: str = "cosine"
     epochs: float = 1.0
@@ -116,6 +128,9 @@ class FastSlowConfig:
     distill: bool = True
     tau: float = 1.0
     lam: float = 1.0
+    tau_squared: bool = True  # scale the KL by tau^2 (the reference), so its gradient keeps its size as tau moves
+    # linear: U(-1/sqrt(d), 1/sqrt(d)), the weight init of the reference's bias-free nn.Linear(d, l); normal: N(0, 0.02^2)
+    isolator_init: str = "linear"
 
 
 @dataclass
@@ -146,6 +161,11 @@ class RunConfig:
             (self.model.source in ("tiny", "llava", "compose"), "model.source", "must be tiny, llava or compose"),
             (self.data.template in ("vicuna_v1", "plain"), "data.template", "must be vicuna_v1 or plain"),
             (self.data.bad_images in ("fail", "skip"), "data.bad_images", "must be fail or skip"),
+            (self.data.image_aspect_ratio in ASPECT_RATIOS, "data.image_aspect_ratio", "must be pad, crop or anyres"),
+            (self.data.plain_end in ("newline", "eos"), "data.plain_end", "must be newline or eos"),
+            (self.data.truncate in ("spliced", "text"), "data.truncate", "must be spliced or text"),
+            (self.train.max_grad_norm >= 0, "train.max_grad_norm", "must be >= 0 (0 = no clipping)"),
+            (self.fastslow.isolator_init in ("linear", "normal"), "fastslow.isolator_init", "must be linear or normal"),
             (self.train.stage in ("warmup", "pretrain", "sft"), "train.stage", "must be warmup, pretrain or sft"),
             (self.train.llm in ("frozen", "lora", "full"), "train.llm", "must be frozen, lora or full"),
             (self.train.report_to in REPORT_TO, "train.report_to", "must be none, tensorboard or wandb"),
@@ -161,6 +181,12 @@ class RunConfig:
         for ok, key, why in checks:
             if not ok:
                 raise ConfigError(f"config key '{key}' {why} (got {_get(self, key)!r})")
+        builds = self.model.source in ("tiny", "compose")  # a loaded checkpoint is checked when it is loaded
+        if builds and bool(self.model.image_grid_pinpoints) != (self.data.image_aspect_ratio == "anyres"):
+            raise ConfigError(
+                f"config key 'data.image_aspect_ratio' is '{self.data.image_aspect_ratio}' but model.image_grid_pinpoints "
+                f"is {'set (LLaVA-NeXT)' if self.model.image_grid_pinpoints else 'empty (LLaVA-1.5)'}: use anyres exactly "
+                "when grid pinpoints are set, pad or crop otherwise")
         if self.model.source == "tiny" and not self.model.tokenizer:
             raise ConfigError("config key 'model.tokenizer' must name the offline-built tokenizer dir when model.source=tiny")
         if self.model.source == "llava" and not self.model.path:

@@ -101,11 +101,24 @@ def _encode(tokenizer, text: str) -> list[int]:
     return ids
 
 
-def build_prompt(tokenizer, conversations: list[dict], template: str, for_generation: bool = False):
+def image_first(conversations: list[dict]) -> list[dict]:
+    """LLaVA's placement: <image> taken out of the turn that holds it and put first, then a newline."""
+    out = []
+    for turn in conversations:
+        v = turn["value"]
+        if IMAGE_TOKEN in v:
+            v = (IMAGE_TOKEN + "\n" + v.replace(IMAGE_TOKEN, "").strip()).strip()
+        out.append({**turn, "value": v})
+    return out
+
+
+def build_prompt(tokenizer, conversations: list[dict], template: str, for_generation: bool = False,
+                 plain_end: str = "newline"):
     """-> (input_ids, labels) with labels set on answer tokens (and their end token) only.
 
     vicuna_v1: "<system> USER: <q> ASSISTANT: <a></s>USER: ..." (LLaVA-1.5's SFT template)
-    plain:     "<image><caption></s>" (LLaVA's pretraining template: the human text is dropped)
+    plain:     "<image><caption>\n" (LLaVA's pretraining template: the human text is dropped; the caption
+               ends in LLaVA's plain separator "\n", or in </s> with plain_end="eos")
     for_generation: drop the last answer and end on the assistant cue.
     """
     ids = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
@@ -117,7 +130,12 @@ def build_prompt(tokenizer, conversations: list[dict], template: str, for_genera
         ids += prompt
         labels += [IGNORE] * len(prompt)
         if not for_generation:
-            ans = _encode(tokenizer, conversations[1]["value"]) + [eos]
+            if plain_end == "newline":  # tokenised with the caption, as LLaVA does: "\n" may merge with its end
+                ans = _encode(tokenizer, conversations[1]["value"] + "\n")
+            elif plain_end == "eos":
+                ans = _encode(tokenizer, conversations[1]["value"]) + [eos]
+            else:
+                raise ValueError(f"unknown plain_end {plain_end!r}; expected newline or eos")
             ids += ans
             labels += ans
         return ids, labels
@@ -135,18 +153,57 @@ def build_prompt(tokenizer, conversations: list[dict], template: str, for_genera
     return ids, labels
 
 
-def process_image(im: Image.Image, processor) -> dict:
-    """-> {"pixel_values": [3, H, W]} (LLaVA-1.5), or [crops, 3, H, W] plus "image_sizes" [2] (LLaVA-NeXT anyres)."""
-    out = processor(images=im.convert("RGB"), return_tensors="pt")
+def expand_to_square(im: Image.Image, fill: tuple) -> Image.Image:
+    """The image centred on a square canvas of its longer side (LLaVA's expand2square)."""
+    w, h = im.size
+    if w == h:
+        return im
+    side = max(w, h)
+    canvas = Image.new(im.mode, (side, side), fill)
+    canvas.paste(im, ((side - w) // 2, (side - h) // 2))
+    return canvas
+
+
+def is_anyres(processor) -> bool:
+    return getattr(processor, "image_grid_pinpoints", None) is not None
+
+
+def default_aspect(processor) -> str:
+    """LLaVA's own choice for a processor: anyres for LLaVA-NeXT's, pad (LLaVA-1.5 SFT and evaluation) otherwise."""
+    return "anyres" if is_anyres(processor) else "pad"
+
+
+def check_aspect(processor, image_aspect_ratio: str) -> None:
+    """anyres needs LLaVA-NeXT's processor, pad and crop a single-crop one: fail before any image is read."""
+    if image_aspect_ratio not in ("pad", "crop", "anyres"):
+        raise DataError(f"image_aspect_ratio must be pad, crop or anyres, got {image_aspect_ratio!r}")
+    if is_anyres(processor) != (image_aspect_ratio == "anyres"):
+        kind = "LLaVA-NeXT (anyres)" if is_anyres(processor) else "single-crop (LLaVA-1.5)"
+        raise DataError(f"data.image_aspect_ratio is '{image_aspect_ratio}' but the model's image processor is "
+                        f"{kind}: set anyres for a LLaVA-NeXT model, pad or crop for LLaVA-1.5")
+
+def process_image(im: Image.Image, processor, image_aspect_ratio: str | None = None) -> dict:
+    """-> {"pixel_values": [3, H, W]} (LLaVA-1.5), or [crops, 3, H, W] plus "image_sizes" [2] (LLaVA-NeXT anyres).
+
+    pad keeps the whole image (the processor's center crop then cuts nothing); crop leaves the processor's
+    resize + center crop to cut the sides of a non-square image; anyres is the NeXT processor's own tiling.
+    None: default_aspect(processor).
+    """
+    image_aspect_ratio = image_aspect_ratio or default_aspect(processor)
+    check_aspect(processor, image_aspect_ratio)
+    im = im.convert("RGB")
+    if image_aspect_ratio == "pad":
+        im = expand_to_square(im, tuple(int(x * 255) for x in processor.image_mean))
+    out = processor(images=im, return_tensors="pt")
     item = {"pixel_values": out["pixel_values"][0]}
     if "image_sizes" in out:
         item["image_sizes"] = torch.as_tensor(out["image_sizes"][0])
     return item
 
 
-def load_image(path: Path, processor) -> dict:
+def load_image(path: Path, processor, image_aspect_ratio: str | None = None) -> dict:
     with Image.open(path) as im:
-        return process_image(im, processor)
+        return process_image(im, processor, image_aspect_ratio)
 
 
 def stack_images(items: list[dict]) -> dict:
@@ -166,24 +223,38 @@ def stack_images(items: list[dict]) -> dict:
 
 class LlavaDataset(Dataset):
     def __init__(self, json_path, image_folder, tokenizer, processor, template="vicuna_v1", max_length=2048,
-                 rows: list[dict] | None = None):
+                 image_aspect_ratio=None, plain_end="newline", image_first=True, rows: list[dict] | None = None):
+        image_aspect_ratio = image_aspect_ratio or default_aspect(processor)
+        check_aspect(processor, image_aspect_ratio)
         # rows: samples already checked (dualspeed.data_check); otherwise read and validated here
         self.rows = rows if rows is not None else load_samples(json_path, image_folder)
         self.image_folder = Path(image_folder)
         self.tokenizer, self.processor = tokenizer, processor
         self.template, self.max_length = template, max_length
+        self.image_aspect_ratio, self.plain_end, self.image_first = image_aspect_ratio, plain_end, image_first
 
     def __len__(self):
         return len(self.rows)
 
+    def modality_lengths(self) -> list[int]:
+        """Words per sample (LLaVA's cheap length proxy), negative for text-only samples."""
+        out = []
+        for s in self.rows:
+            n = max(1, sum(len(t["value"].split()) for t in s["conversations"]))
+            out.append(n if "image" in s else -n)
+        return out
+
     def __getitem__(self, i):
         s = self.rows[i]
-        ids, labels = build_prompt(self.tokenizer, s["conversations"], self.template)
+        conv = image_first(s["conversations"]) if self.image_first else s["conversations"]
+        ids, labels = build_prompt(self.tokenizer, conv, self.template, plain_end=self.plain_end)
+        # the text alone is cut here as LLaVA's collator does; with truncate=spliced the model cuts again
+        # once the visual tokens are in (DualSpeedLlava.max_length)
         ids, labels = ids[: self.max_length], labels[: self.max_length]
         item = {"input_ids": torch.tensor(ids), "labels": torch.tensor(labels)}
         if "image" in s:
             try:
-                item.update(load_image(self.image_folder / s["image"], self.processor))
+                item.update(load_image(self.image_folder / s["image"], self.processor, self.image_aspect_ratio))
             except (OSError, ValueError) as e:  # a file that changed or broke after the pre-run check
                 raise DataError(f"sample #{i} (id={s.get('id', '?')}): cannot read image "
                                 f"{self.image_folder / s['image']}: {e}") from e

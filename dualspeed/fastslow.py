@@ -38,13 +38,24 @@ class ModeSchedule:
 
 
 class ModeIsolator(nn.Module):
-    """A learnable soft prompt M in R^{l x d}, prepended to the pruned visual tokens in fast mode."""
+    """A learnable soft prompt M in R^{l x d}, prepended to the pruned visual tokens in fast mode.
 
-    def __init__(self, length: int, dim: int, init_std: float = 0.02):
+    init "linear": U(-1/sqrt(d), 1/sqrt(d)), what the reference gets from the weight of a bias-free
+    nn.Linear(d, l) (PyTorch's default init); "normal": N(0, 0.02^2).
+    """
+
+    def __init__(self, length: int, dim: int, init: str = "linear", init_std: float = 0.02):
         super().__init__()
         if length < 1:
             raise ValueError(f"isolator length must be >= 1, got {length}")
-        self.prompt = nn.Parameter(torch.randn(length, dim) * init_std)
+        if init == "linear":
+            bound = 1.0 / dim ** 0.5
+            prompt = torch.empty(length, dim).uniform_(-bound, bound)
+        elif init == "normal":
+            prompt = torch.randn(length, dim) * init_std
+        else:
+            raise ValueError(f"unknown isolator init {init!r}; expected linear or normal")
+        self.prompt = nn.Parameter(prompt)
 
     def forward(self, visual: torch.Tensor) -> torch.Tensor:
         # visual: [B, k, D] -> [B, l + k, D]
@@ -62,8 +73,25 @@ def answer_logits(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return logits[:, :-1][predicts]
 
 
-def distill_kl(student: torch.Tensor, teacher: torch.Tensor, tau: float = 1.0) -> torch.Tensor:
-    """KL(softmax(teacher/tau) || softmax(student/tau)), mean over answer positions. [M, V] each."""
+def align_answers(student: torch.Tensor, s_counts: torch.Tensor, teacher: torch.Tensor, t_counts: torch.Tensor):
+    """Keep each sample's first min(n_student, n_teacher) answer positions in both ([M, V] rows grouped by
+    sample, counts [B]). Cutting the spliced sequence to max_length can leave the full-sequence student
+    fewer answer tokens than its pruned teacher; the reference compares the common prefix, as here."""
+    if torch.equal(s_counts, t_counts):
+        return student, teacher
+    keep = torch.minimum(s_counts, t_counts)
+
+    def take(x, counts):
+        starts = torch.cumsum(counts, 0) - counts
+        rows = [torch.arange(int(a), int(a) + int(k), device=x.device) for a, k in zip(starts, keep)]
+        return x[torch.cat(rows)] if rows else x[:0]
+
+    return take(student, s_counts), take(teacher, t_counts)
+
+
+def distill_kl(student: torch.Tensor, teacher: torch.Tensor, tau: float = 1.0, tau_squared: bool = True) -> torch.Tensor:
+    """KL(softmax(teacher/tau) || softmax(student/tau)), mean over answer positions, times tau^2 when
+    tau_squared (the reference, as Hinton et al.: the softened gradients shrink as 1/tau^2). [M, V] each."""
     if student.shape != teacher.shape:
         raise ValueError(
             f"teacher and student disagree on the answer positions: {tuple(teacher.shape)} vs {tuple(student.shape)}"
@@ -72,7 +100,8 @@ def distill_kl(student: torch.Tensor, teacher: torch.Tensor, tau: float = 1.0) -
         return student.sum() * 0.0
     log_p_s = F.log_softmax(student.float() / tau, dim=-1)
     log_p_t = F.log_softmax(teacher.float() / tau, dim=-1)
-    return F.kl_div(log_p_s, log_p_t, log_target=True, reduction="batchmean")
+    kl = F.kl_div(log_p_s, log_p_t, log_target=True, reduction="batchmean")
+    return kl * tau ** 2 if tau_squared else kl
 
 
 @dataclass
@@ -86,8 +115,8 @@ class StepLoss:
 
 
 def mode_loss(model, inputs: dict, mode: str, prune, isolator: bool, distill: bool = True, tau: float = 1.0,
-              lam: float = 1.0, teacher_model=None) -> StepLoss:
-    """L_fast = CE on pruned (+ isolator) tokens; L_slow = CE on the full sequence + lam * KL to the
+              lam: float = 1.0, teacher_model=None, tau_squared: bool = True) -> StepLoss:
+    """L_fast = CE on pruned (+ isolator) tokens; L_slow = CE on the full sequence + lam * (tau^2) KL to the
     fast-mode teacher; FULL = plain CE. `teacher_model` is the same network without wrappers (DDP,
     DeepSpeed), so the no-grad teacher forward does not touch their gradient hooks."""
     if mode == FULL:
@@ -107,6 +136,8 @@ def mode_loss(model, inputs: dict, mode: str, prune, isolator: bool, distill: bo
     student_ce = out.ce
     if teacher is None:
         return StepLoss(student_ce, out.visual_tokens, student_ce=student_ce.detach(), out=out)
-    kl = distill_kl(out.answer_logits, teacher.answer_logits, tau)
+    student_z, teacher_z = align_answers(out.answer_logits, out.answer_counts, teacher.answer_logits,
+                                         teacher.answer_counts)
+    kl = distill_kl(student_z, teacher_z, tau, tau_squared)
     return StepLoss(student_ce + lam * kl, out.visual_tokens + teacher.visual_tokens, teacher_ce=teacher.ce.detach(),
                     student_ce=student_ce.detach(), kl=kl.detach(), out=out)

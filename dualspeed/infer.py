@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from .data import IMAGE_TOKEN, build_prompt, process_image, stack_images
+from .data import IMAGE_TOKEN, build_prompt, check_aspect, default_aspect, process_image, stack_images
 from .checkpoint import load_exported
 from .model import Prune
 
@@ -31,6 +31,11 @@ class Predictor:
         torch_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
         self.model, self.tokenizer, self.processor, self.meta = load_exported(ckpt, torch_dtype, device)
         fs = self.meta.get("fastslow", {})
+        # images are preprocessed as the checkpoint's last stage trained on them (LLaVA-1.5: padded to a
+        # square); an export without that record gets LLaVA's own choice for its processor
+        self.image_aspect_ratio = (self.meta.get("data", {}).get("image_aspect_ratio")
+                                   or default_aspect(self.processor))
+        check_aspect(self.processor, self.image_aspect_ratio)
         do_prune, use_isolator = MODES[mode]
         # "pruned" adds the isolator only where the run trained one: an untrained prompt is noise
         self.isolator = use_isolator and bool(fs.get("isolator", True) and fs.get("prune", True))
@@ -51,7 +56,7 @@ class Predictor:
         pix = None
         if q.image is not None:
             im = q.image if isinstance(q.image, Image.Image) else Image.open(q.image)
-            pix = process_image(im, self.processor)
+            pix = process_image(im, self.processor, self.image_aspect_ratio)
         return ids, pix
 
     def _images(self, pix: list[dict]) -> dict:

@@ -51,6 +51,7 @@ class Forward(ModelOutput):
 
     answer_logits: torch.Tensor | None = None  # [M, V] logits at the positions that predict an answer token
     targets: torch.Tensor | None = None  # [M] the answer tokens
+    answer_counts: torch.Tensor | None = None  # [B] answer positions per sample (rows of answer_logits, in order)
     visual_tokens: int | None = None  # visual tokens fed to the LLM in this batch (isolator included)
     logits: torch.Tensor | None = None  # [B, T, V] when asked for
     labels: torch.Tensor | None = None  # [B, T] spliced labels when logits are asked for
@@ -63,7 +64,8 @@ class Forward(ModelOutput):
 
 
 class DualSpeedLlava(nn.Module):
-    def __init__(self, llava: LlavaForConditionalGeneration, isolator_len: int = 4, vision_feature_layer: int | None = None):
+    def __init__(self, llava: LlavaForConditionalGeneration, isolator_len: int = 4, vision_feature_layer: int | None = None,
+                 isolator_init: str = "linear", max_length: int | None = None):
         super().__init__()
         self.llava = llava
         self.config = llava.config
@@ -71,7 +73,10 @@ class DualSpeedLlava(nn.Module):
         self.vision_feature_layer = (
             vision_feature_layer if vision_feature_layer is not None else llava.config.vision_feature_layer
         )
-        self.isolator = ModeIsolator(isolator_len, llava.config.text_config.hidden_size)
+        self.isolator = ModeIsolator(isolator_len, llava.config.text_config.hidden_size, isolator_init)
+        # training forwards cut each spliced sequence (visual tokens included) to this many tokens, as LLaVA
+        # does; None leaves it whole (the text was cut before splicing)
+        self.max_length = max_length
         self.train_vision = False
         self.anyres = isinstance(llava, LlavaNextForConditionalGeneration)
         self.pmod: pmod_lib.PMoD | None = None  # p-MoD routers when enabled (enable_pmod)
@@ -142,12 +147,13 @@ class DualSpeedLlava(nn.Module):
             per_image = [self.isolator(f[None])[0] for f in per_image]
         return per_image
 
-    def splice(self, input_ids, attention_mask, labels, visual, has_image, pad_left: bool = False):
+    def splice(self, input_ids, attention_mask, labels, visual, has_image, pad_left: bool = False,
+               max_length: int | None = None):
         """Replace each sample's single <image> placeholder by its visual tokens, then re-pad.
 
         input_ids/attention_mask/labels: [B, T] right-padded; visual: [B_img, V, D] in the order of
-        the samples that have an image. Returns embeds [B, T'], mask [B, T'], labels [B, T'] and the
-        visual-sequence positions [B, T'] (bool).
+        the samples that have an image. max_length: keep each spliced sequence's first max_length tokens.
+        Returns embeds [B, T'], mask [B, T'], labels [B, T'] and the visual-sequence positions [B, T'] (bool).
         """
         emb = self.embed_tokens(input_ids)
         seqs, labs, vis = [], [], []
@@ -168,6 +174,8 @@ class DualSpeedLlava(nn.Module):
                 is_vis = torch.cat([is_vis[:p], is_vis.new_ones(v.shape[0]), is_vis[p + 1:]])
             elif where.numel():
                 raise ValueError(f"sample {b} has {IMAGE_TOKEN} in its text but no image")
+            if max_length is not None:
+                e, lab, is_vis = e[:max_length], lab[:max_length], is_vis[:max_length]
             seqs.append(e)
             labs.append(lab)
             vis.append(is_vis)
@@ -215,7 +223,8 @@ class DualSpeedLlava(nn.Module):
         visual = self.visual_tokens(pixel_values, input_ids, attention_mask, labels, has_image, prune, isolator,
                                     image_sizes)
         n_visual = _count(visual)
-        embeds, mask, labs, vis = self.splice(input_ids, attention_mask, labels, visual, has_image)
+        embeds, mask, labs, vis = self.splice(input_ids, attention_mask, labels, visual, has_image,
+                                              max_length=self.max_length)
         if self.pmod is not None:
             hidden, _ = pmod_lib.prefill(self.language_model, self.pmod, embeds, mask, vis)
         else:
@@ -224,8 +233,8 @@ class DualSpeedLlava(nn.Module):
         # Only answer positions need the vocabulary projection: most of the sequence is visual
         # tokens and prompt, and [B, T, V] logits would dominate memory at 7B scale.
         ans_hidden = answer_logits(hidden, labs)
-        targets = labs[:, 1:][labs[:, 1:] != -100]
-        fwd = Forward(lm_head(ans_hidden), targets, n_visual)
+        predicts = labs[:, 1:] != -100
+        fwd = Forward(lm_head(ans_hidden), labs[:, 1:][predicts], predicts.sum(1), n_visual)
         if return_logits:
             fwd.logits, fwd.labels = lm_head(hidden), labs
         return fwd

@@ -37,13 +37,30 @@ def _fs_defaults(cfg):
     return fs["isolator_len"], fs["tau"], fs["lam"]
 
 
+def _fs_extra(cfg) -> dict:
+    """Fast-slow keys every point of a recipe shares; absent ones keep the run config's (the reference's)."""
+    return {k: cfg["fastslow"][k] for k in ("tau_squared", "isolator_init") if k in cfg["fastslow"]}
+
+
+def preprocessing(cfg: dict, stage: str) -> dict:
+    """Image and text preprocessing of one stage. image_aspect_ratio defaults to anyres for a LLaVA-NeXT
+    model and pad otherwise; pretraining may differ (`data.pretrain_image_aspect_ratio`: LLaVA-1.5 pretrains
+    on center crops and fine-tunes on padded squares). Absent keys keep the run config's defaults."""
+    d = cfg["data"]
+    aspect = d.get("image_aspect_ratio", "anyres" if cfg["model"].get("image_grid_pinpoints") else "pad")
+    if stage == "pretrain":
+        aspect = d.get("pretrain_image_aspect_ratio", aspect)
+    return {"image_aspect_ratio": aspect, **{k: d[k] for k in ("plain_end", "image_first", "truncate") if k in d}}
+
+
 def warmup_spec(cfg: dict) -> dict:
     paths = data_paths(cfg)
     return {
         "output_dir": warmup_dir(cfg),
         "model": {"source": "tiny", "tokenizer": paths["tokenizer"], "tiny": copy.deepcopy(cfg["model"]["tiny"]),
                   "image_grid_pinpoints": copy.deepcopy(cfg["model"].get("image_grid_pinpoints", []))},
-        "data": {"json": paths["warmup"], "image_folder": paths["image_folder"], "template": "vicuna_v1"},
+        "data": {"json": paths["warmup"], "image_folder": paths["image_folder"], "template": "vicuna_v1",
+                 **preprocessing(cfg, "warmup")},
         "train": {**copy.deepcopy(cfg["warmup"]["train"]), "stage": "warmup"},
         "fastslow": {"prune": False},
     }
@@ -64,9 +81,9 @@ def pretrain_spec(cfg: dict, pt: Point) -> dict:
         "model": model,
         "data": {"json": paths["pretrain"], "image_folder": paths.get("pretrain_image_folder", paths["image_folder"]),
                  "template": "plain", "max_length": cfg["data"].get("max_length", 2048),
-                 "bad_images": cfg["data"].get("bad_images", "fail")},
+                 "bad_images": cfg["data"].get("bad_images", "fail"), **preprocessing(cfg, "pretrain")},
         "train": {**copy.deepcopy(cfg["pretrain"]["train"]), "stage": "pretrain"},
-        "fastslow": stage_fastslow(pt, "pretrain", *_fs_defaults(cfg)),
+        "fastslow": {**stage_fastslow(pt, "pretrain", *_fs_defaults(cfg)), **_fs_extra(cfg)},
     }
 
 
@@ -76,9 +93,10 @@ def sft_spec(cfg: dict, pt: Point) -> dict:
         "output_dir": sft_dir(cfg, pt),
         "model": {"source": "llava", "path": f"{pretrain_dir(cfg, pt.pretrain_tag)}/hf"},
         "data": {"json": paths["sft"], "image_folder": paths["image_folder"], "template": "vicuna_v1",
-                 "max_length": cfg["data"].get("max_length", 2048), "bad_images": cfg["data"].get("bad_images", "fail")},
+                 "max_length": cfg["data"].get("max_length", 2048), "bad_images": cfg["data"].get("bad_images", "fail"),
+                 **preprocessing(cfg, "sft")},
         "train": {**copy.deepcopy(cfg["sft"]["train"]), "stage": "sft"},
-        "fastslow": stage_fastslow(pt, "sft", *_fs_defaults(cfg)),
+        "fastslow": {**stage_fastslow(pt, "sft", *_fs_defaults(cfg)), **_fs_extra(cfg)},
         "pmod": {**copy.deepcopy(cfg.get("pmod", {})), "enabled": pt.settings["pmod"]},
     }
 

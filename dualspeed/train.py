@@ -33,6 +33,7 @@ from .data_check import checked_rows
 from .fastslow import FAST, FULL, SLOW, ModeSchedule, mode_loss
 from .model import DualSpeedLlava, Prune
 from .tracking import group_lrs, group_names, mode_scalars, report_to
+from .sampler import grouped_sampler
 
 log = logging.getLogger("dualspeed.train")
 MODE_CODES = {FULL: 0, FAST: 1, SLOW: 2}
@@ -176,6 +177,10 @@ class DualSpeedTrainer(Trainer):
         s["text_tokens"] += text
         s["samples"] += inputs["input_ids"].shape[0]
 
+    def _get_train_sampler(self, train_dataset=None):
+        ds = train_dataset if train_dataset is not None else self.train_dataset
+        return grouped_sampler(self.run_cfg.train, self.args, ds) or super()._get_train_sampler(train_dataset)
+
     def current_mode(self) -> str:
         if self.prune is None:
             return FULL
@@ -187,7 +192,7 @@ class DualSpeedTrainer(Trainer):
         fs = self.run_cfg.fastslow
         mode = self.current_mode()
         r = mode_loss(model, inputs, mode, self.prune, fs.isolator, fs.distill, fs.tau, fs.lam,
-                      teacher_model=self.accelerator.unwrap_model(model))
+                      teacher_model=self.accelerator.unwrap_model(model), tau_squared=fs.tau_squared)
         if not bool(torch.isfinite(r.loss.detach())):
             self._stop_nonfinite(mode, r)
         self._record(mode, r.loss.detach(), inputs, r.visual_tokens, teacher_ce=r.teacher_ce,
@@ -252,6 +257,8 @@ def training_args(cfg: RunConfig, out: Path) -> TrainingArguments:
     return TrainingArguments(
         output_dir=str(out / "checkpoints"), per_device_train_batch_size=t.batch_size,
         gradient_accumulation_steps=t.grad_accum, learning_rate=t.lr, weight_decay=t.weight_decay,
+        # under DeepSpeed this fills the configs' "gradient_clipping": "auto"; 0 = none, as the reference
+        max_grad_norm=t.max_grad_norm,
         warmup_ratio=t.warmup_ratio, lr_scheduler_type=t.scheduler, num_train_epochs=t.epochs, max_steps=t.max_steps,
         logging_steps=t.logging_steps, save_strategy="steps", save_steps=t.save_steps,
         save_total_limit=t.save_total_limit, bf16=t.bf16 and cuda, tf32=(t.tf32 and cuda) or None,
@@ -278,11 +285,13 @@ def run(cfg: RunConfig) -> dict:
     rows, skipped = checked_rows(cfg.data, out, progress=world_main)
     dtype = torch.bfloat16 if (t.bf16 and torch.cuda.is_available()) else torch.float32
     llava, tokenizer, processor = load_components(cfg.model, dtype=dtype, seed=t.seed)
-    dataset = LlavaDataset(cfg.data.json, cfg.data.image_folder, tokenizer, processor, cfg.data.template,
-                           cfg.data.max_length, rows=rows)
+    d = cfg.data
+    dataset = LlavaDataset(d.json, d.image_folder, tokenizer, processor, d.template, d.max_length,
+                           d.image_aspect_ratio, d.plain_end, d.image_first, rows=rows)
     if cfg.model.reinit_projector:
         reinit_projector(llava, t.seed)
-    model = DualSpeedLlava(llava, cfg.fastslow.isolator_len)
+    model = DualSpeedLlava(llava, cfg.fastslow.isolator_len, isolator_init=cfg.fastslow.isolator_init,
+                           max_length=d.max_length if d.truncate == "spliced" else None)
     if cfg.pmod.enabled:
         pm = cfg.pmod
         log.info("p-MoD ratios per layer: %s", model.enable_pmod(pm.dense_above, pm.floor, pm.alpha, pm.beta).ratios)
@@ -312,7 +321,8 @@ def run(cfg: RunConfig) -> dict:
     trained = (["isolator"] if (cfg.fastslow.prune and cfg.fastslow.isolator) or "isolator" in carried else [])
     trained += ["pmod"] if model.pmod is not None else []
     meta = {"stage": t.stage, "isolator_len": cfg.fastslow.isolator_len, "fastslow": cfg.to_dict()["fastslow"],
-            "trained_extras": trained, "carried_from": cfg.model.path if carried else None}
+            "trained_extras": trained, "carried_from": cfg.model.path if carried else None,
+            "data": {"image_aspect_ratio": d.image_aspect_ratio}}  # what evaluation preprocesses images with
     export(model, tokenizer, processor, out / "hf", meta, write=args.process_index == 0)
     if args.process_index == 0:
         # timing.json last: its presence marks a finished stage
