@@ -65,7 +65,8 @@ def test_pool_spreads_over_the_grid():
 def test_keep_all_is_identity_for_every_method():
     feats = torch.randn(2, 10, 4)
     for name in vtp.available():
-        assert vtp.get(name)(feats, 10).tolist() == [list(range(10))] * 2
+        red = vtp.get(name).reduce(feats, 10)
+        assert red.index.tolist() == [list(range(10))] * 2 and torch.equal(red.apply(feats), feats)
 
 
 def test_unknown_method_lists_known_ones():
