@@ -33,7 +33,7 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class Prune:
-    """How fast mode prunes: a VTP plugin ('name' or 'name:key=value,...') and its ratio p."""
+    """How fast mode prunes: a VTP plugin ('name' or 'name:key=value+...') and its ratio p."""
 
     method: str
     ratio: float

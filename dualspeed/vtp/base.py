@@ -192,10 +192,10 @@ def available() -> list[str]:
 
 
 def parse(spec: str) -> tuple[str, dict]:
-    """'visionzip:dominant=0.75,x=2' -> ('visionzip', {'dominant': 0.75, 'x': 2})."""
+    """'visionzip:dominant=0.75+x=2' -> ('visionzip', {'dominant': 0.75, 'x': 2})."""
     name, _, opts = spec.partition(":")
     out = {}
-    for item in filter(None, opts.split(",")):
+    for item in filter(None, opts.split("+")):  # not ",": lmms-eval splits its model_args there
         key, eq, val = item.partition("=")
         if not eq:
             raise ValueError(f"VTP option '{item}' in '{spec}' is not key=value")
@@ -207,7 +207,7 @@ def parse(spec: str) -> tuple[str, dict]:
 
 
 def get(spec: str, **options) -> VTPMethod:
-    """Instantiate the method named by `spec` ('name' or 'name:key=value,...'); unknown names list the known ones."""
+    """Instantiate the method named by `spec` ('name' or 'name:key=value+...'); unknown names list the known ones."""
     name, opts = parse(spec)
     if name not in _REGISTRY:
         raise KeyError(
