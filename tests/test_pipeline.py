@@ -40,11 +40,12 @@ def test_lint_is_clean():
 
 def test_default_grid_dry_run_counts():
     n = dry()
-    # 17 distinct SFT trainings (p-MoD's included, on the baseline's pretraining); the 8 distinct
-    # pretraining settings are each trained once
-    assert n["sft"] == 17 and n["pretrain"] == 8 and n["warmup"] == 1 and n["synthesize"] == 1
-    assert n["evaluate"] == 17 * 3
-    assert n["table"] == 7 and n["figure"] == 3
+    # 20 distinct SFT trainings (p-MoD's included, on the baseline's pretraining; DualSpeed with each of the
+    # 6 registered VTP methods); the 11 distinct pretraining settings are each trained once
+    assert n["sft"] == 20 and n["pretrain"] == 11 and n["warmup"] == 1 and n["synthesize"] == 1
+    assert n["evaluate"] == 20 * 3
+    assert n["evaluate_vtp"] == 6  # the baseline under pruned inference with each method
+    assert n["table"] == 8 and n["figure"] == 3
 
 
 def test_one_table_builds_only_its_runs():
@@ -64,6 +65,7 @@ def test_real_recipe_dry_runs(profile, recipe, downloads):
     n = job_counts(res.stdout + res.stderr)
     # LLaVA-NeXT: pretraining JSON + images, SFT JSON + 11 image archives
     assert n["download"] == downloads and n["sft"] == 17 and n["pretrain"] == 8 and n["evaluate"] == 51
+    assert n["evaluate_vtp"] == 3
     assert "warmup" not in n
     if profile:
         # GPU training jobs ask Slurm for the config's GPUs; a retry would get a longer runtime

@@ -4,7 +4,16 @@ import torch
 
 from dualspeed import vtp
 from dualspeed.model import Prune
-from dualspeed.vtp.base import VTPContext, VTPMethod, register
+from dualspeed.vtp.base import _REGISTRY, VTPContext, VTPMethod, register
+
+
+@pytest.fixture()
+def registry():
+    """Methods a test registers are gone after it, so other tests see only the package's own."""
+    before = dict(_REGISTRY)
+    yield
+    _REGISTRY.clear()
+    _REGISTRY.update(before)
 
 
 def test_tower_signals_equal_the_attention_maps_of_the_feature_layer(tiny_model, batch):
@@ -44,7 +53,7 @@ def test_every_method_trains_and_infers_in_the_model(tiny_model, batch, name):
     assert n_vis == n_img * 6 and out.shape[0] == batch["input_ids"].shape[0]
 
 
-def test_unknown_signal_and_unknown_option_fail_before_any_step():
+def test_unknown_signal_and_unknown_option_fail_before_any_step(registry):
     with pytest.raises(ValueError, match="unknown signal"):
         @register("needs_depth_map")
         class Depth(VTPMethod):
@@ -56,9 +65,10 @@ def test_unknown_signal_and_unknown_option_fail_before_any_step():
         Prune("tome:speed=2", 0.9)
     with pytest.raises(KeyError, match="known methods"):
         Prune("visionzipp", 0.9)
+    assert "needs_depth_map" not in vtp.available()
 
 
-def test_a_selection_plugin_written_against_the_old_interface_still_runs(tiny_model, batch):
+def test_a_selection_plugin_written_against_the_old_interface_still_runs(tiny_model, batch, registry):
     @register("old_style_text")
     class OldStyle(VTPMethod):
         needs_text = True

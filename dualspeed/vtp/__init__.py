@@ -10,9 +10,10 @@ import os
 import pkgutil
 from pathlib import Path
 
-from .base import SIGNALS, MergeMethod, Reduced, VTPContext, VTPMethod, available, get, keep_count, register
+from .base import (SIGNALS, MergeMethod, Reduced, VTPContext, VTPMethod, available, get, keep_count, parse,
+                   register)
 
-__all__ = ["SIGNALS", "MergeMethod", "Reduced", "VTPContext", "VTPMethod", "available", "get", "keep_count",
+__all__ = ["SIGNALS", "MergeMethod", "Reduced", "VTPContext", "VTPMethod", "available", "get", "keep_count", "parse",
            "register"]
 
 for _mod in pkgutil.iter_modules(__path__):

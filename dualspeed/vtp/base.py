@@ -180,8 +180,8 @@ def register(name: str):
         if name in _REGISTRY:
             raise ValueError(f"VTP method '{name}' is registered twice")
         cls.name = name
-        _REGISTRY[name] = cls
         cls().required_signals()  # an unknown signal fails at import, not mid-training
+        _REGISTRY[name] = cls
         return cls
 
     return deco

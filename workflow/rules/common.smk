@@ -1,18 +1,19 @@
 import json
 import os
 import re
+from types import SimpleNamespace
 
 import yaml
 
 from snakemake.utils import validate
 
 from dualspeed import recipe, vtp
-from dualspeed.variants import INFERENCE_MODES, VARIANTS, fmt, point, table_points
+from dualspeed.variants import INFERENCE_MODES, VARIANTS, fmt, point, table_points, vtp_inference_paths
 
 validate(config, schema="../schemas/config.schema.yaml")
 
 GRID = config["grid"]
-_unknown = sorted({GRID["method"], *GRID["methods"]} - set(vtp.available()))
+_unknown = sorted({vtp.parse(m)[0] for m in (GRID["method"], *GRID["methods"])} - set(vtp.available()))
 if _unknown:
     raise ValueError(
         f"config key 'grid.methods' names unknown VTP method(s) {_unknown}; registered: {vtp.available()}. "
@@ -91,8 +92,11 @@ def pretrain_timing(pt):
 
 def table_inputs(name):
     pts = TABLES[name]
-    return {"metrics": [metrics_path(pt, m) for pt in pts for m in MODES],
-            "timing": [timing_path(pt) for pt in pts] + [pretrain_timing(pt) for pt in pts]}
+    out = {"metrics": [metrics_path(pt, m) for pt in pts for m in MODES],
+           "timing": [timing_path(pt) for pt in pts] + [pretrain_timing(pt) for pt in pts]}
+    if name == "vtp_inference":
+        out["metrics"] += [f"{RES}/{path}" for path in vtp_inference_paths(GRID).values()]
+    return out
 
 
 TABLE_FORMATS = ["md", "csv", "tex"]
@@ -150,6 +154,14 @@ def eval_inputs(wc):
     else:
         ins["benchmarks"] = bench_inputs()
     return ins
+
+
+BASELINE = point("baseline", GRID["method"], GRID["p"], GRID["r"])
+
+
+def vtp_eval_inputs(wc):
+    """evaluate_vtp reads the baseline's checkpoint: its inputs are the baseline's evaluation inputs."""
+    return eval_inputs(SimpleNamespace(variant="baseline", method="none", p="0", r="0"))
 
 
 def eval_command():
