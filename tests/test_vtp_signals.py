@@ -80,3 +80,25 @@ def test_a_selection_plugin_written_against_the_old_interface_still_runs(tiny_mo
     with torch.no_grad():
         out = tiny_model(**batch, prune=Prune("old_style_text", 0.9))
     assert out.visual_tokens == int(batch["has_image"].sum()) * 6
+
+
+def test_readme_examples_run_in_the_model(tiny_model, batch, registry, tmp_path):
+    """The selection and the merge method of README's 'Adding a VTP method', each loaded as one file."""
+    import re
+    from pathlib import Path
+
+    from dualspeed.vtp import _load_external
+
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    section = readme.split("## Adding a VTP method")[1].split("\n## ")[0]
+    blocks = re.findall(r"```python\n(.*?)```", section, re.S)
+    assert len(blocks) == 2
+    for i, code in enumerate(blocks):
+        f = tmp_path / f"plugin{i}.py"
+        f.write_text(code.replace("from .base import", "from dualspeed.vtp.base import"))
+        _load_external(str(f))
+    n_img = int(batch["has_image"].sum())
+    with torch.no_grad():
+        for name, kind in (("textsim", "select"), ("rowmean", "merge")):
+            assert vtp.get(name).kind == kind
+            assert tiny_model(**batch, prune=Prune(name, 0.9)).visual_tokens == n_img * 6
