@@ -19,33 +19,27 @@ from .base import MergeMethod, Reduced, VTPContext, group_weights, register
 
 
 def bipartite_round(sums: torch.Tensor, rep: torch.Tensor, r: int):
-    """sums [B, n, D] group sums in order, rep [B, n] their original index; merge r A tokens into B.
+    """sums [B, n, D] group sums in original-patch order, rep [B, n] their original index; merge r A tokens
+    into B. -> (new sums, new rep, slot [B, n]: each old token's position in the new sequence).
 
-    -> (new sums, new rep, slot [B, n]: each old token's position in the new sequence)."""
+    Survivors keep their relative order, so the new sequence is the survivors in place: one scatter-add
+    and one gather of the features per round."""
     b, n, d = sums.shape
     dev = sums.device
-    a_pos, b_pos = torch.arange(0, n, 2, device=dev), torch.arange(1, n, 2, device=dev)
-    xn = torch.nn.functional.normalize(sums, dim=-1)
-    sim = xn[:, a_pos] @ xn[:, b_pos].transpose(1, 2)  # [B, nA, nB]
+    xa, xb = sums[:, 0::2], sums[:, 1::2]
+    norm = sums.norm(dim=-1).clamp_min(1e-12)
+    sim = (xa @ xb.transpose(1, 2)) / (norm[:, 0::2, None] * norm[:, None, 1::2])  # cosine, [B, nA, nB]
     dst = sim.argmax(dim=2)  # first maximum: lower B index on ties
     score = sim.gather(2, dst.unsqueeze(-1)).squeeze(-1)
-    order = score.argsort(dim=1, descending=True, stable=True)  # equal scores: lower A index first
-    merged, kept = order[:, :r], order[:, r:].sort(dim=1).values
-    b_sums = sums[:, b_pos].scatter_add(1, dst.gather(1, merged).unsqueeze(-1).expand(-1, -1, d),
-                                       sums[:, a_pos].gather(1, merged.unsqueeze(-1).expand(-1, -1, d)))
-    keep_pos = a_pos[kept]  # [B, nA - r] positions of the unmerged A tokens
-    new_sums = torch.cat([sums.gather(1, keep_pos.unsqueeze(-1).expand(-1, -1, d)), b_sums], dim=1)
-    new_rep = torch.cat([rep.gather(1, keep_pos), rep[:, b_pos]], dim=1)
-    resort = new_rep.argsort(dim=1)  # back to original-patch order (reps are distinct)
-    new_sums = new_sums.gather(1, resort.unsqueeze(-1).expand(-1, -1, d))
-    new_rep = new_rep.gather(1, resort)
-    where = resort.argsort(dim=1)  # concatenated position -> new position
-    slot = torch.empty(b, n, dtype=torch.long, device=dev)
-    m = keep_pos.shape[1]
-    slot.scatter_(1, keep_pos, where[:, :m])
-    slot[:, b_pos] = where[:, m:]
-    slot.scatter_(1, a_pos[merged], slot[:, b_pos].gather(1, dst.gather(1, merged)))
-    return new_sums, new_rep, slot
+    merged = score.argsort(dim=1, descending=True, stable=True)[:, :r]  # equal scores: lower A index first
+    src_pos, dst_pos = 2 * merged, 2 * dst.gather(1, merged) + 1  # positions in the current sequence
+    sums = sums.scatter_add(1, dst_pos.unsqueeze(-1).expand(-1, -1, d),
+                            sums.gather(1, src_pos.unsqueeze(-1).expand(-1, -1, d)))
+    alive = torch.ones(b, n, dtype=torch.bool, device=dev).scatter_(1, src_pos, False)
+    keep = alive.nonzero()[:, 1].view(b, n - r)  # row-major: ascending positions per row
+    slot = alive.long().cumsum(1) - 1  # a survivor's new position
+    slot.scatter_(1, src_pos, slot.gather(1, dst_pos))  # a merged token goes where its partner went
+    return sums.gather(1, keep.unsqueeze(-1).expand(-1, -1, d)), rep.gather(1, keep), slot
 
 
 @register("tome")
