@@ -1,7 +1,7 @@
 """Cost of every registered VTP method on one training batch of a bench preset's shapes.
 
     python -m dualspeed.bench_vtp --preset 7b-sft        # 16 images x 576 tokens x 4096, on this machine
-    python -m dualspeed.bench_vtp --preset next-7b-sft   # 4 images x 5 crops x 576 x 4096
+    python -m dualspeed.bench_vtp --preset next-7b-sft --batch 16   # 16 images x 5 crops x 576 x 4096
 
 Each method reduces the batch's projected features (all crops at once, as in training) and the
 reduction is applied to them: what a fast step adds. Signals are given, at their real shapes: the
@@ -57,6 +57,7 @@ def vtp_costs(p: dict, device, dtype, reps: int = 3, p_ratio: float = 0.9, fast_
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--preset", choices=sorted(PRESETS), default="7b-sft")
+    ap.add_argument("--batch", type=int, help="images per batch (default: the preset's)")
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--p", type=float, default=0.9)
     ap.add_argument("--fast-step-s", type=float, help="a fast step's time to express the costs as a fraction of")
@@ -64,9 +65,10 @@ def main(argv=None):
     a = ap.parse_args(argv)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    preset = {**PRESETS[a.preset], **({"batch": a.batch} if a.batch else {})}
     res = {"preset": a.preset, "device": torch.cuda.get_device_name(0) if device == "cuda" else
            f"cpu x{torch.get_num_threads()}", "dtype": str(dtype),
-           **vtp_costs(PRESETS[a.preset], device, dtype, a.reps, a.p, a.fast_step_s)}
+           **vtp_costs(preset, device, dtype, a.reps, a.p, a.fast_step_s)}
     text = json.dumps(res, indent=2)
     if a.out:
         open(a.out, "w").write(text)
