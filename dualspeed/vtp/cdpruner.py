@@ -26,12 +26,17 @@ from .base import VTPContext, VTPMethod, register
 EPS = 1e-10  # conditional variances below this are duplicates of the chosen set: gain 0, no update
 
 
+def cosine(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """[B, N, D] x [B, M, D] -> [B, N, M] cosine similarities, dividing the products rather than
+    normalised copies of the (7B: 4096-wide) features."""
+    na, nb = a.norm(dim=-1).clamp_min(1e-12), b.norm(dim=-1).clamp_min(1e-12)
+    return (a @ b.transpose(1, 2)) / (na[:, :, None] * nb[:, None, :])
+
+
 def relevance(feats: torch.Tensor, text: torch.Tensor, mask: torch.Tensor, negate: bool = False) -> torch.Tensor:
     """[B, N, D] tokens, [B, T, D] instruction embeddings, [B, T] mask -> q [B, N] in [0, 1]."""
-    x = torch.nn.functional.normalize(feats, dim=-1)
-    t = torch.nn.functional.normalize(text.to(feats.dtype), dim=-1)
     m = mask.to(feats.dtype)
-    sim = torch.einsum("bnd,btd->bnt", x, t)
+    sim = cosine(feats, text.to(feats.dtype))
     r = (sim * m[:, None]).sum(-1) / m.sum(-1, keepdim=True).clamp_min(1.0)
     r = -r if negate else r
     lo, hi = r.amin(1, keepdim=True), r.amax(1, keepdim=True)
@@ -75,6 +80,5 @@ class CDPruner(VTPMethod):
     def select(self, feats: torch.Tensor, k: int, ctx: VTPContext) -> torch.Tensor:
         x = feats if feats.dtype in (torch.float32, torch.float64) else feats.float()
         q = relevance(x, ctx.text_embeds, ctx.text_mask, self.negate)
-        xn = torch.nn.functional.normalize(x, dim=-1)
-        kernel = q[:, :, None] * (xn @ xn.transpose(1, 2)) * q[:, None, :]
+        kernel = q[:, :, None] * cosine(x, x) * q[:, None, :]
         return dpp_greedy(kernel, k)
