@@ -67,12 +67,13 @@ class Reduced:
             return feats.gather(1, self.index.unsqueeze(-1).expand(-1, -1, feats.shape[-1]))
         return torch.bmm(self.weights.to(feats.dtype), feats)
 
-    def members(self) -> torch.Tensor:
-        """[B, k, N] bool: which original tokens each output token is made of."""
+    def members(self, n: int | None = None) -> torch.Tensor:
+        """[B, k, N] bool: which original tokens each output token is made of (a selection needs N)."""
         if self.weights is not None:
             return self.weights > 0
+        if n is None:
+            raise ValueError("members() of a selection needs the number of original tokens n")
         b, k = self.index.shape
-        n = int(self.index.max()) + 1 if self.index.numel() else 0
         out = torch.zeros(b, k, n, dtype=torch.bool, device=self.index.device)
         return out.scatter_(2, self.index.unsqueeze(-1), True)
 

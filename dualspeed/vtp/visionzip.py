@@ -4,8 +4,8 @@ Of the k output tokens, `dominant` are the patches the tower's CLS query attends
 of the LLaVA feature layer's producer, the penultimate CLIP layer for the real recipes, summed over
 heads). The other N - dominant patches are merged into k - dominant contextual tokens: uniformly
 spaced ones among them are the targets, and every other patch joins the target whose attention key
-(averaged over heads) is most cosine-similar. Ties go to the higher-attended patch among equal
-attentions' lower index, and to the lower target index.
+(averaged over heads) is most cosine-similar. Ties go to the lower patch index among equal attentions,
+and to the lower target among equally similar ones.
 
 Defaults follow VisionZip's split for LLaVA (54 dominant + 10 contextual of 64 kept): dominant =
 round(54/64 * k). `visionzip:dominant=0.75` sets the fraction; an integer >= 1 sets the count.
