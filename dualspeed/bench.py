@@ -239,6 +239,9 @@ def main(argv=None):
         if a.no_cudnn_attention:
             torch.backends.cuda.enable_cudnn_sdp(False)
     res = run(a.preset, a.steps, a.burn_in, a.p, a.r, device, dtype)
+    from .bench_vtp import vtp_costs  # every registered method, as a fraction of this run's fast step
+
+    res["vtp_cost"] = vtp_costs(PRESETS[a.preset], device, dtype, p_ratio=a.p, fast_step_s=res["mode_step_time_s"]["fast"])
     text = json.dumps(res, indent=2)
     if a.out:
         open(a.out, "w").write(text)

@@ -193,10 +193,11 @@ class RunConfig:
             raise ConfigError("config key 'model.path' must name a llava-hf checkpoint when model.source=llava")
         if self.model.source == "compose" and not (self.model.llm and self.model.vision_tower):
             raise ConfigError("config keys 'model.llm' and 'model.vision_tower' are required when model.source=compose")
-        if self.fastslow.prune and self.fastslow.method not in vtp.available():
-            raise ConfigError(
-                f"config key 'fastslow.method' is '{self.fastslow.method}', not a known VTP method: {', '.join(vtp.available())}"
-            )
+        if self.fastslow.prune:
+            try:  # the name, its options and the signals it declares, before any model is built
+                vtp.get(self.fastslow.method).required_signals()
+            except (KeyError, ValueError) as e:
+                raise ConfigError(f"config key 'fastslow.method' is '{self.fastslow.method}': {e}") from None
         if self.pmod.enabled and self.train.stage != "sft":
             raise ConfigError("config key 'pmod.enabled' must be false outside the sft stage: p-MoD routes in SFT only")
         if self.pmod.enabled and self.fastslow.prune:

@@ -115,4 +115,5 @@ class Predictor:
         return {"samples": s["samples"], "samples_per_s": s["samples"] / s["seconds"] if s["seconds"] else None,
                 "visual_tokens_per_sample": s["visual_tokens"] / s["images"] if s["images"] else 0.0,
                 "mode": self.mode, "vtp_method": self.prune.method if self.prune else None,
-                "prune_ratio": self.prune.ratio if self.prune else None, "isolator": self.isolator}
+                "prune_ratio": self.prune.ratio if self.prune else None, "isolator": self.isolator,
+                "vtp": self.prune.plugin.describe() if self.prune else None}

@@ -25,6 +25,7 @@ from transformers.utils import ModelOutput
 
 from . import pmod as pmod_lib
 from . import vtp
+from .vtp import signals as vtp_signals
 from .data import IMAGE_TOKEN
 from .fastslow import ModeIsolator, answer_logits
 
@@ -32,7 +33,7 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class Prune:
-    """How fast mode prunes: a VTP plugin and its ratio p."""
+    """How fast mode prunes: a VTP plugin ('name' or 'name:key=value+...') and its ratio p."""
 
     method: str
     ratio: float
@@ -40,6 +41,7 @@ class Prune:
 
     def __post_init__(self):
         self.plugin = vtp.get(self.method)
+        self.signals = self.plugin.required_signals()  # an unknown signal fails here, before any step
         # training leaves it None: the global RNG is seeded and restored with every checkpoint
         self.generator = torch.Generator().manual_seed(self.seed) if self.seed is not None else None
 
@@ -100,16 +102,23 @@ class DualSpeedLlava(nn.Module):
     def embed_tokens(self, ids: torch.Tensor) -> torch.Tensor:
         return self.llava.get_input_embeddings()(ids)
 
-    def encode_images(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """[C, 3, H, W] images or crops -> projected features [C, N, D]."""
+    def encode_images(self, pixel_values: torch.Tensor, prune: Prune | None = None):
+        """[C, 3, H, W] images or crops -> projected features [C, N, D]; with `prune`, also the tower
+        signals its method declares (cls_attention [C, N], keys [C, N, Dh]), from the same pass."""
         tower = self.llava.model.vision_tower
         grad = torch.enable_grad() if (self.train_vision and self.training) else torch.no_grad()
-        with grad:
+        wanted = prune.signals if prune is not None else ()
+        layer = 0
+        if {"cls_attention", "keys"} & set(wanted):
+            layer = vtp_signals.attention_layer(self.vision_feature_layer, self.config.vision_config.num_hidden_layers,
+                                                prune.plugin.signal_layer)
+        with grad, vtp_signals.tower_signals(tower, layer, wanted) as signals:
             out = tower(pixel_values.to(tower.dtype), output_hidden_states=True)
             feats = out.hidden_states[self.vision_feature_layer]
             if self.config.vision_feature_select_strategy == "default":
                 feats = feats[:, 1:]  # drop CLS
-        return self.llava.model.multi_modal_projector(feats)  # [C, N, D]
+        feats = self.llava.model.multi_modal_projector(feats)  # [C, N, D]
+        return (feats, signals) if prune is not None else feats
 
     def crops_per_image(self, pixel_values: torch.Tensor, image_sizes: torch.Tensor | None) -> list[int]:
         """How many crops of each image's [P_max, 3, H, W] slot are real (the rest is batch padding)."""
@@ -133,8 +142,8 @@ class DualSpeedLlava(nn.Module):
         """
         if prune is not None:
             k = vtp.keep_count(feats.shape[1], prune.ratio)  # per crop: each crop keeps its own k
-            idx = prune.plugin(feats.detach(), k, ctx)  # [C, k], ascending
-            feats = feats.gather(1, idx.unsqueeze(-1).expand(-1, -1, feats.shape[-1]))  # [C, k, D]
+            # chosen without gradient, applied with it: the projector learns through kept and merged tokens
+            feats = prune.plugin.reduce(feats.detach(), k, ctx).apply(feats)  # [C, k, D], original order
         if not self.anyres:
             return self.isolator(feats) if isolator else feats  # [B_img, (l +) V, D]
         per_image = list(feats.split(crops))
@@ -190,15 +199,6 @@ class DualSpeedLlava(nn.Module):
             out[b, sl], mask[b, sl], lab_out[b, sl], vis_out[b, sl] = s, 1, lab, v
         return out, mask, lab_out, vis_out
 
-    def text_context(self, input_ids, attention_mask, labels, has_image, crops: list[int]) -> vtp.VTPContext:
-        """Instruction embeddings of the image samples, one row per crop, for plugins that rank by the question."""
-        sel = has_image.bool()
-        ids, mask = input_ids[sel], attention_mask[sel].bool() & (labels[sel] == -100)
-        mask &= ids != self.image_token_id
-        reps = torch.tensor(crops, device=ids.device)
-        return vtp.VTPContext(text_embeds=self.embed_tokens(ids).repeat_interleave(reps, 0),
-                              text_mask=mask.repeat_interleave(reps, 0))
-
     def visual_tokens(self, pixel_values, input_ids, attention_mask, labels, has_image, prune, isolator,
                       image_sizes=None):
         """Pixels -> the visual tokens of every image sample (see visual_sequence), or None without images."""
@@ -207,12 +207,14 @@ class DualSpeedLlava(nn.Module):
         crops = self.crops_per_image(pixel_values, image_sizes)
         if self.anyres:
             pixel_values = torch.cat([p[:c] for p, c in zip(pixel_values, crops)])  # drop batch-padding crops
-        feats = self.encode_images(pixel_values)
-        ctx = None
-        if prune is not None:
-            ctx = (self.text_context(input_ids, attention_mask, labels, has_image, crops)
-                   if prune.plugin.needs_text else vtp.VTPContext())
-            ctx.generator = prune.generator
+        if prune is None:
+            return self.visual_sequence(self.encode_images(pixel_values), None, isolator, None, crops, image_sizes)
+        feats, tower_out = self.encode_images(pixel_values, prune)
+        text = None
+        if "text" in prune.signals:
+            text = vtp_signals.text_context(self.embed_tokens, self.image_token_id, input_ids, attention_mask, labels,
+                                            has_image, crops)
+        ctx = vtp_signals.context(prune.signals, tower_out, text, prune.generator)
         return self.visual_sequence(feats, prune, isolator, ctx, crops, image_sizes)
 
     # -- forward ------------------------------------------------------------------------------

@@ -103,16 +103,34 @@ def validate_schema(config: dict, schema_path: str | Path) -> dict:
 
 
 def check_methods(grid: dict) -> None:
+    """Each method spec ('name' or 'name:key=value+...') names a registered method with options it takes."""
     from . import vtp
 
     known = vtp.available()
     hint = "; add a file to dualspeed/vtp/ or name it in DUALSPEED_VTP_PLUGINS (README, 'Adding a VTP method')"
-    if grid["method"] not in known:
+
+    def problem(spec) -> str | None:
+        if vtp.parse(spec)[0] not in known:
+            return "unknown"
+        try:
+            vtp.get(spec)
+        except (KeyError, ValueError, TypeError) as e:
+            return str(e)
+        return None
+
+    why = problem(grid["method"])
+    if why == "unknown":
         raise PlanError(f"config key 'grid.method' is {grid['method']!r}, not a registered VTP method; "
                         f"allowed: {', '.join(known)}{hint}")
-    bad = [m for m in grid["methods"] if m not in known]
-    if bad:
-        raise PlanError(f"config key 'grid.methods' names unknown VTP method(s) {bad}; allowed: {', '.join(known)}{hint}")
+    if why:
+        raise PlanError(f"config key 'grid.method' is {grid['method']!r}: {why}")
+    bad = {m: problem(m) for m in grid["methods"]}
+    unknown = [m for m, w in bad.items() if w == "unknown"]
+    if unknown:
+        raise PlanError(f"config key 'grid.methods' names unknown VTP method(s) {unknown}; allowed: {', '.join(known)}{hint}")
+    for m, w in bad.items():
+        if w:
+            raise PlanError(f"config key 'grid.methods' has {m!r}: {w}")
 
 
 @lru_cache(maxsize=1)

@@ -24,7 +24,7 @@ import torch
 import yaml
 from transformers import Trainer, TrainerCallback, TrainingArguments, set_seed
 
-from . import provenance
+from . import provenance, vtp
 from .build import load_components, reinit_projector
 from .checkpoint import carry_extras, export_hf, load_trainable, save_trainable
 from .config import RunConfig, dump_config, load_config
@@ -306,8 +306,9 @@ def run(cfg: RunConfig) -> dict:
     resume = resume_point(cfg, out, write=args.process_index == 0)
     if args.process_index == 0:
         dump_config(cfg, out / "config.resolved.yaml")
+        vtp_info = vtp.get(cfg.fastslow.method).describe() if cfg.fastslow.prune else None  # e.g. CDPruner's relevance
         provenance.write(out, {"trainable_parameters": counts, "samples": len(dataset), "skipped_samples": skipped,
-                               "carried_extras": carried, "resumed_from": resume, "seed": t.seed})
+                               "carried_extras": carried, "resumed_from": resume, "seed": t.seed, "vtp": vtp_info})
     trainer = DualSpeedTrainer(model=model, args=args, train_dataset=dataset,
                                data_collator=Collator(tokenizer.pad_token_id), run_cfg=cfg)
     trainer.add_callback(StepLog(trainer, out / "steps.csv"))

@@ -98,7 +98,16 @@ def table_points(grid: dict) -> dict[str, list[Point]]:
         "methods": [point("baseline", m, p, r)] + [point("dualspeed", mm, p, r) for mm in grid["methods"]],
         "p_sweep": [point("baseline", m, p, r)] + [point("dualspeed", m, pp, r) for pp in grid["p_sweep"]],
         "r_sweep": [point("baseline", m, p, r)] + [point("dualspeed", m, p, rr) for rr in grid["r_sweep"]],
+        # training-free VTP: the baseline under pruned inference with each method (vtp_inference_paths),
+        # beside DualSpeed trained with the same method
+        "vtp_inference": [point("baseline", m, p, r)] + [point("dualspeed", mm, p, r) for mm in grid["methods"]],
     }
+
+
+def vtp_inference_paths(grid: dict) -> dict[str, str]:
+    """method -> the metrics file of the baseline checkpoint under pruned inference with it at the grid's p,
+    relative to results_dir."""
+    return {mm: f"vtp_inference/{mm}/p{fmt(grid['p'])}.json" for mm in grid["methods"]}
 
 
 def all_points(grid: dict) -> list[Point]:

@@ -84,6 +84,30 @@ def test_each_crop_keeps_its_own_k(next_model, next_batch):
         torch.testing.assert_close(s[4:], ref, rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("name", ["cdpruner", "visionzip", "tome"])
+def test_signal_and_merge_methods_reduce_each_crop_in_one_batched_call(next_model, next_batch, name):
+    """Tower signals and instruction rows line up with the crops: each crop reduced alone gives the same tokens."""
+    from dualspeed.vtp import signals
+
+    k = vtp.keep_count(TOKENS_PER_CROP, 0.75)
+    prune = Prune(name, 0.75)
+    b = next_batch
+    with torch.no_grad():
+        seq = next_model.visual_tokens(b["pixel_values"], b["input_ids"], b["attention_mask"], b["labels"],
+                                       b["has_image"], prune=prune, isolator=False, image_sizes=b["image_sizes"])
+        for i, n_crops in enumerate([5, 3]):
+            feats, sig = next_model.encode_images(b["pixel_values"][i, :n_crops], prune)
+            text = signals.text_context(next_model.embed_tokens, next_model.image_token_id, b["input_ids"][i:i + 1],
+                                        b["attention_mask"][i:i + 1], b["labels"][i:i + 1], b["has_image"][i:i + 1],
+                                        [n_crops])
+            ref = []
+            for c in range(n_crops):
+                one = {key: v[c:c + 1] for key, v in {**sig, **text}.items()}
+                ctx = vtp.VTPContext(**one)
+                ref.append(prune.plugin.reduce(feats[c:c + 1], k, ctx).apply(feats[c:c + 1])[0])
+            torch.testing.assert_close(seq[i], torch.cat(ref), rtol=1e-5, atol=1e-6)
+
+
 def test_exported_checkpoint_runs_in_plain_transformers(next_model, next_batch, tokenizer, tmp_path):
     """Normal mode of our wrapper and LlavaNextForConditionalGeneration on the export give the same logits."""
     from transformers import LlavaNextForConditionalGeneration

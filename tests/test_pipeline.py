@@ -40,11 +40,12 @@ def test_lint_is_clean():
 
 def test_default_grid_dry_run_counts():
     n = dry()
-    # 17 distinct SFT trainings (p-MoD's included, on the baseline's pretraining); the 8 distinct
-    # pretraining settings are each trained once
-    assert n["sft"] == 17 and n["pretrain"] == 8 and n["warmup"] == 1 and n["synthesize"] == 1
-    assert n["evaluate"] == 17 * 3
-    assert n["table"] == 7 and n["figure"] == 3
+    # 20 distinct SFT trainings (p-MoD's included, on the baseline's pretraining; DualSpeed with each of the
+    # 6 registered VTP methods); the 11 distinct pretraining settings are each trained once
+    assert n["sft"] == 20 and n["pretrain"] == 11 and n["warmup"] == 1 and n["synthesize"] == 1
+    assert n["evaluate"] == 20 * 3
+    assert n["evaluate_vtp"] == 6  # the baseline under pruned inference with each method
+    assert n["table"] == 8 and n["figure"] == 3
 
 
 def test_one_table_builds_only_its_runs():
@@ -64,6 +65,7 @@ def test_real_recipe_dry_runs(profile, recipe, downloads):
     n = job_counts(res.stdout + res.stderr)
     # LLaVA-NeXT: pretraining JSON + images, SFT JSON + 11 image archives
     assert n["download"] == downloads and n["sft"] == 17 and n["pretrain"] == 8 and n["evaluate"] == 51
+    assert n["evaluate_vtp"] == 3
     assert "warmup" not in n
     if profile:
         # GPU training jobs ask Slurm for the config's GPUs; a retry would get a longer runtime
@@ -116,7 +118,8 @@ def test_smoke_pipeline_end_to_end_with_a_new_vtp_method(tmp_path):
         (shutil.copytree if src.is_dir() else shutil.copy)(src, work / item)
     plugin = tmp_path / "firstk.py"
     plugin.write_text(PLUGIN)
-    (work / "config" / "smoke_plus.yaml").write_text("grid:\n  methods: [divprune, firstk]\n")
+    # visionzip: a merge method reading the tower's CLS attention and keys, through the whole pipeline
+    (work / "config" / "smoke_plus.yaml").write_text("grid:\n  methods: [divprune, firstk, visionzip]\n")
     env = {"DUALSPEED_VTP_PLUGINS": str(plugin), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1",
            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
     smk("--cores", "2", "--configfile", "config/smoke.yaml", "config/smoke_plus.yaml", cwd=work, env=env,
@@ -128,7 +131,14 @@ def test_smoke_pipeline_end_to_end_with_a_new_vtp_method(tmp_path):
     assert m["vtp_method"] == "firstk" and m["visual_tokens_per_sample"] == 6 + 4
     assert json.loads((res / "metrics" / "dualspeed" / "firstk" / "p0.9" / "r0.1" / "normal.json").read_text())[
         "visual_tokens_per_sample"] == 64
-    for t in ("main", "mismatch", "ablation", "per_stage", "methods", "p_sweep", "r_sweep"):
+    zipped = json.loads((res / "metrics" / "dualspeed" / "visionzip" / "p0.9" / "r0.1" / "pruned.json").read_text())
+    assert zipped["vtp"]["kind"] == "merge" and zipped["visual_tokens_per_sample"] == 6 + 4
+    # training-free: the baseline checkpoint pruned with each method, no isolator (it never trained one)
+    free = json.loads((res / "vtp_inference" / "firstk" / "p0.9.json").read_text())
+    assert free["vtp_method"] == "firstk" and free["visual_tokens_per_sample"] == 6 and not free["isolator"]
+    rows = (res / "tables" / "vtp_inference.csv").read_text()
+    assert all(m in rows for m in ("divprune", "firstk", "visionzip"))
+    for t in ("main", "mismatch", "ablation", "per_stage", "methods", "vtp_inference", "p_sweep", "r_sweep"):
         for ext in ("md", "csv", "tex"):
             assert (res / "tables" / f"{t}.{ext}").stat().st_size > 0
     figs = work / "paper_figures" / "smoke"

@@ -43,3 +43,39 @@ def test_paper_reference_holds_the_headline_numbers():
     ref = paper_reference()
     assert ref["main"]["dualspeed"] == {"rel_perf": 99.61, "speedup_overall": 2.1, "speedup_pretrain": 5.8}
     assert ref["ablation"] == {"naiveprune": 95.89, "fastslow": 98.88, "fastslow_iso": 99.32, "dualspeed": 99.61}
+
+
+def test_vtp_inference_table_sets_training_free_beside_trained(tmp_path):
+    import json
+    from pathlib import Path
+
+    from dualspeed import recipe
+    from dualspeed.variants import point
+
+    cfg = _cfg(tmp_path)
+    cfg["grid"]["methods"] = ["divprune", "tome"]
+
+    def put(path, obj):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(obj))
+
+    res = tmp_path / "results"
+    base = point("baseline", "divprune", 0.9, 0.1)
+    put(res / "metrics" / base.path / "normal.json", {"scores": {"a": 0.8, "b": 0.4}})
+    for pt in [base] + [point("dualspeed", m, 0.9, 0.1) for m in ("divprune", "tome")]:
+        put(Path(recipe.sft_dir(cfg, pt)) / "timing.json", {"train_runtime_s": 10.0})
+        put(Path(recipe.pretrain_dir(cfg, pt.pretrain_tag)) / "timing.json", {"train_runtime_s": 5.0})
+    scores = {"divprune": ({"a": 0.4, "b": 0.4}, {"a": 0.8, "b": 0.2}), "tome": ({"a": 0.2, "b": 0.2}, {"a": 0.8, "b": 0.4})}
+    for m, (free, trained) in scores.items():
+        put(res / "vtp_inference" / m / "p0.9.json",
+            {"scores": free, "visual_tokens_per_sample": 6, "vtp": {"kind": "merge" if m == "tome" else "select"}})
+        pt = point("dualspeed", m, 0.9, 0.1)
+        put(res / "metrics" / pt.path / "pruned.json", {"scores": trained})
+        put(res / "metrics" / pt.path / "normal.json", {"scores": {"a": 0.8, "b": 0.4}})
+    df, caption = build(cfg, "vtp_inference")
+    rows = df.set_index("method")
+    assert rows.loc["divprune", "baseline pruned %"] == pytest.approx(100 * (0.5 + 1.0) / 2)
+    assert rows.loc["tome", "baseline pruned %"] == pytest.approx(100 * (0.25 + 0.5) / 2)
+    assert rows.loc["divprune", "DualSpeed pruned %"] == pytest.approx(100 * (1.0 + 0.5) / 2)
+    assert rows.loc["tome", "DualSpeed normal %"] == pytest.approx(100.0)
+    assert rows.loc["tome", "kind"] == "merge" and "training-free" in caption

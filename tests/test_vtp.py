@@ -65,7 +65,8 @@ def test_pool_spreads_over_the_grid():
 def test_keep_all_is_identity_for_every_method():
     feats = torch.randn(2, 10, 4)
     for name in vtp.available():
-        assert vtp.get(name)(feats, 10).tolist() == [list(range(10))] * 2
+        red = vtp.get(name).reduce(feats, 10)
+        assert red.index.tolist() == [list(range(10))] * 2 and torch.equal(red.apply(feats), feats)
 
 
 def test_unknown_method_lists_known_ones():
@@ -88,3 +89,15 @@ def test_divprune_is_batched_not_looped_per_image():
     x = torch.randn(1, 32, 8).expand(5, -1, -1)
     got = DivPrune()(x, 5)
     assert (got == got[0]).all()
+
+
+def test_default_grid_compares_every_method_of_the_package():
+    from pathlib import Path
+
+    import yaml
+
+    from dualspeed.vtp.base import _REGISTRY
+
+    ours = {n for n, cls in _REGISTRY.items() if cls.__module__.startswith("dualspeed.vtp.")}
+    cfg = yaml.safe_load((Path(__file__).parents[1] / "config" / "config.yaml").read_text())
+    assert set(cfg["grid"]["methods"]) == ours, "add the new method to grid.methods in config/config.yaml"

@@ -28,6 +28,14 @@ def metrics(cfg: dict, pt: Point, mode: str) -> dict:
     return _read(Path(cfg["results_dir"]) / "metrics" / pt.path / f"{mode}.json", pt, f"metrics for mode '{mode}'")
 
 
+def vtp_metrics(cfg: dict, path: str) -> dict:
+    """Metrics of the baseline under training-free pruned inference (variants.vtp_inference_paths)."""
+    full = Path(cfg["results_dir"]) / path
+    if not full.is_file():
+        raise MissingRun(f"no training-free VTP evaluation at {full}. Build it with `snakemake {full}`.")
+    return json.loads(full.read_text())
+
+
 def timings(cfg: dict, pt: Point) -> dict:
     sft = _read(Path(recipe.sft_dir(cfg, pt)) / "timing.json", pt, "SFT timing")
     pre = _read(Path(recipe.pretrain_dir(cfg, pt.pretrain_tag)) / "timing.json", pt, "pretraining timing")
@@ -55,10 +63,12 @@ class Scorer:
             raise ValueError(f"the baseline run {b.path} scores 0 on every benchmark: relative performance is undefined")
 
     def rel_perf(self, pt: Point, mode: str = "normal") -> float:
-        s = metrics(self.cfg, pt, mode)["scores"]
+        return self.rel_perf_of(metrics(self.cfg, pt, mode)["scores"], f"{pt.path} ({mode})")
+
+    def rel_perf_of(self, s: dict, what: str) -> float:
         missing = [k for k in self.benchmarks if k not in s]
         if missing:
-            raise KeyError(f"run {pt.path} ({mode}) has no score for {missing}")
+            raise KeyError(f"run {what} has no score for {missing}")
         return 100.0 * sum(s[k] / self.base_scores[k] for k in self.benchmarks) / len(self.benchmarks)
 
     def speedups(self, pt: Point) -> dict:

@@ -12,8 +12,8 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
-from ..variants import DESCRIPTIONS, table_points
-from .collect import Scorer, metrics
+from ..variants import DESCRIPTIONS, table_points, vtp_inference_paths
+from .collect import Scorer, metrics, vtp_metrics
 
 REL = ("Relative performance = mean over benchmarks of (score / baseline score under normal inference), in %.")
 SPD = ("Speedup = baseline training wall time / variant wall time, per stage and overall "
@@ -92,6 +92,8 @@ def build(cfg: dict, name: str) -> tuple[pd.DataFrame, str]:
         caption = ("Component ablation: NaivePrune -> + fast-slow -> + isolator -> + distillation (= DualSpeed), "
                    "and DualSpeed without the isolator. " if name == "ablation" else
                    "VTP per stage: none, pretraining only, SFT only, both (= NaivePrune). ") + f"{REL} {SPD} {paper}"
+    elif name == "vtp_inference":
+        rows, caption = _vtp_inference(cfg, pts, sc)
     else:
         for pt in pts:
             sp = sc.speedups(pt)
@@ -107,6 +109,25 @@ def build(cfg: dict, name: str) -> tuple[pd.DataFrame, str]:
     if sc.excluded:
         caption += f" Left out of relative performance (baseline scores 0): {', '.join(sc.excluded)}."
     return pd.DataFrame(rows), caption
+
+
+def _vtp_inference(cfg: dict, pts, sc: Scorer) -> tuple[list[dict], str]:
+    """Each method used training-free (the baseline checkpoint, pruned at inference) beside DualSpeed trained
+    with it (the same pruned inference, and normal inference)."""
+    g = cfg["grid"]
+    trained = {pt.method: pt for pt in pts if pt.variant == "dualspeed"}
+    rows = []
+    for method, path in vtp_inference_paths(g).items():
+        m = vtp_metrics(cfg, path)
+        vtp_info = m.get("vtp") or {}
+        rows.append({"method": method, "kind": vtp_info.get("kind"), "visual tokens": m.get("visual_tokens_per_sample"),
+                     "baseline pruned %": sc.rel_perf_of(m["scores"], path),
+                     "DualSpeed pruned %": sc.rel_perf(trained[method], "pruned"),
+                     "DualSpeed normal %": sc.rel_perf(trained[method], "normal")})
+    caption = (f"VTP methods at p={g['p']:g}: training-free (the baseline checkpoint under pruned inference, the "
+               f"classic comparison) beside DualSpeed trained with the same method, under the same pruned inference "
+               f"and under normal inference. {REL}")
+    return rows, caption
 
 
 def write(df: pd.DataFrame, caption: str, prefix: Path) -> None:

@@ -1,7 +1,7 @@
 """Visual-token-pruning plugins.
 
 Every module in this package is imported on first use, so a new method is one file here with a
-`@register("<name>")` class. Methods kept outside the package (a user's experiment, a test) are
+`@register("<name>")` class: a VTPMethod (selection) or a MergeMethod (see base.py). Methods kept outside the package (a user's experiment, a test) are
 loaded from the modules or .py files listed in $DUALSPEED_VTP_PLUGINS (os.pathsep-separated).
 """
 import importlib
@@ -10,12 +10,14 @@ import os
 import pkgutil
 from pathlib import Path
 
-from .base import VTPContext, VTPMethod, available, get, keep_count, register
+from .base import (SIGNALS, MergeMethod, Reduced, VTPContext, VTPMethod, available, get, keep_count, parse,
+                   register)
 
-__all__ = ["VTPContext", "VTPMethod", "available", "get", "keep_count", "register"]
+__all__ = ["SIGNALS", "MergeMethod", "Reduced", "VTPContext", "VTPMethod", "available", "get", "keep_count", "parse",
+           "register"]
 
 for _mod in pkgutil.iter_modules(__path__):
-    if _mod.name != "base":
+    if _mod.name not in ("base", "signals"):
         importlib.import_module(f"{__name__}.{_mod.name}")
 
 

@@ -1,8 +1,23 @@
 """The VTP plugin interface and its registry.
 
-A plugin chooses which k of N visual tokens survive. It sees the projected features of a batch of
-images (or crops) at once and returns sorted indices, so the caller can gather tokens while keeping
-their original order (the LLM relies on that order for position information).
+Two kinds of method, one file each:
+
+- a *selection* method (`VTPMethod.select`) chooses which k of N visual tokens survive and returns
+  their indices; the caller gathers them in their original order (the LLM reads position from order);
+- a *merge* method (`MergeMethod.merge`) returns k new tokens per image as a `Reduced`: which original
+  tokens each output token averages, with what weight, and one representative original index per
+  output token (the order the LLM sees them in, and what the report shows).
+
+Both see the projected features of a batch of images or crops at once. The weights are computed
+without gradient and applied by the model, so the projector still learns through merged tokens.
+
+A method declares the side information it needs in `signals`; the model computes only what is declared,
+in the same vision-tower pass (see vtp/signals.py):
+  text           ctx.text_embeds [C, T, D], ctx.text_mask [C, T]: the instruction's LLM embeddings
+  cls_attention  ctx.cls_attention [C, N]: the CLS query's attention to each patch, summed over heads
+  keys           ctx.keys [C, N, Dh]: each patch's attention key, averaged over heads
+The tower layer of cls_attention/keys is the one whose output LLaVA uses as features (the penultimate
+for the real recipes), unless a method sets `signal_layer`.
 """
 from __future__ import annotations
 
@@ -12,49 +27,151 @@ from typing import Callable
 
 import torch
 
+SIGNALS = ("text", "cls_attention", "keys")
+
 
 @dataclass
 class VTPContext:
-    """Optional side information a plugin may use.
+    """Side information a plugin may use (only what it declared is filled in).
 
-    text_embeds: [B, T, D] embeddings of each sample's instruction (same space as the features).
-    text_mask:   [B, T] bool, True where text_embeds is a real token.
-    generator:   a torch.Generator for methods that draw random numbers, so runs are reproducible.
+    generator: a torch.Generator for methods that draw random numbers, so runs are reproducible.
     """
 
     text_embeds: torch.Tensor | None = None
     text_mask: torch.Tensor | None = None
+    cls_attention: torch.Tensor | None = None
+    keys: torch.Tensor | None = None
     generator: torch.Generator | None = None
+
+    def missing(self, signals) -> list[str]:
+        have = {"text": self.text_embeds is not None, "cls_attention": self.cls_attention is not None,
+                "keys": self.keys is not None}
+        return [s for s in signals if not have[s]]
+
+
+@dataclass
+class Reduced:
+    """k output tokens per row built from N input tokens.
+
+    index:   [B, k] one original index per output token, ascending: the output order.
+    weights: [B, k, N] how much of each original token goes into each output token (rows sum to 1),
+             or None when output token i is exactly the original token index[i] (a selection).
+    """
+
+    index: torch.Tensor
+    weights: torch.Tensor | None = None
+
+    def apply(self, feats: torch.Tensor) -> torch.Tensor:
+        """[B, N, D] -> [B, k, D]; differentiable in feats."""
+        if self.weights is None:
+            return feats.gather(1, self.index.unsqueeze(-1).expand(-1, -1, feats.shape[-1]))
+        return torch.bmm(self.weights.to(feats.dtype), feats)
+
+    def members(self, n: int | None = None) -> torch.Tensor:
+        """[B, k, N] bool: which original tokens each output token is made of (a selection needs N)."""
+        if self.weights is not None:
+            return self.weights > 0
+        if n is None:
+            raise ValueError("members() of a selection needs the number of original tokens n")
+        b, k = self.index.shape
+        out = torch.zeros(b, k, n, dtype=torch.bool, device=self.index.device)
+        return out.scatter_(2, self.index.unsqueeze(-1), True)
 
 
 class VTPMethod(ABC):
-    """Base class of a visual-token-pruning plugin."""
+    """Base class of a visual-token-pruning plugin (a selection method)."""
 
     name: str = ""
-    needs_text: bool = False  # True if select() requires ctx.text_embeds
+    kind: str = "select"
+    signals: tuple[str, ...] = ()  # side information this method reads from its VTPContext; see SIGNALS
+    signal_layer: int | None = None  # tower layer of cls_attention/keys; None: the LLaVA feature layer
+    needs_text: bool = False  # older spelling of signals = ("text",); still honoured
+
+    def required_signals(self) -> tuple[str, ...]:
+        sig = tuple(self.signals) + (("text",) if self.needs_text and "text" not in self.signals else ())
+        unknown = [s for s in sig if s not in SIGNALS]
+        if unknown:
+            raise ValueError(f"VTP '{self.name}' declares unknown signal(s) {unknown}; known: {', '.join(SIGNALS)}")
+        return sig
+
+    def describe(self) -> dict:
+        """What this method ran with, for the run's provenance and metrics (extend in a subclass)."""
+        return {"name": self.name, "kind": self.kind, "signals": list(self.required_signals())}
 
     @abstractmethod
     def select(self, feats: torch.Tensor, k: int, ctx: VTPContext) -> torch.Tensor:
-        """feats: [B, N, D] -> LongTensor [B, k] of kept token indices, ascending per row."""
+        """feats: [B, N, D] -> LongTensor [B, k] of kept token indices (any order; the caller sorts)."""
 
-    def __call__(self, feats: torch.Tensor, k: int, ctx: VTPContext | None = None) -> torch.Tensor:
+    def _check(self, feats: torch.Tensor, k: int, ctx: VTPContext | None) -> VTPContext:
         if feats.dim() != 3:
             raise ValueError(f"VTP '{self.name}' expects features [B, N, D], got shape {tuple(feats.shape)}")
         n = feats.shape[1]
         if not 1 <= k <= n:
             raise ValueError(f"VTP '{self.name}': cannot keep k={k} of N={n} tokens (need 1 <= k <= N)")
         ctx = ctx or VTPContext()
-        if self.needs_text and ctx.text_embeds is None:
-            raise ValueError(f"VTP '{self.name}' needs the instruction embeddings (ctx.text_embeds)")
+        missing = ctx.missing(self.required_signals())
+        if missing and k < n:  # keeping all N reads no signal
+            raise ValueError(f"VTP '{self.name}' needs the signal(s) {missing} in its VTPContext; "
+                             "DualSpeedLlava fills in what a method declares in `signals`")
+        return ctx
+
+    def reduce(self, feats: torch.Tensor, k: int, ctx: VTPContext | None = None) -> Reduced:
+        """The one entry point the model uses, whatever the kind of method."""
+        ctx = self._check(feats, k, ctx)
+        b, n = feats.shape[:2]
         if k == n:  # keeping everything is the identity, whatever the method
-            return torch.arange(n, device=feats.device).expand(feats.shape[0], n)
+            return Reduced(torch.arange(n, device=feats.device).expand(b, n))
+        with torch.no_grad():
+            return self._reduce(feats, k, ctx)
+
+    def _reduce(self, feats, k, ctx) -> Reduced:
         idx = self.select(feats, k, ctx)
         if idx.shape != (feats.shape[0], k):
             raise RuntimeError(f"VTP '{self.name}' returned shape {tuple(idx.shape)}, expected {(feats.shape[0], k)}")
-        return idx.sort(dim=1).values
+        return Reduced(idx.sort(dim=1).values)
+
+    def __call__(self, feats: torch.Tensor, k: int, ctx: VTPContext | None = None):
+        """Selection methods: the kept indices [B, k], ascending. Merge methods: their `Reduced`."""
+        return self.reduce(feats, k, ctx).index
 
 
-_REGISTRY: dict[str, Callable[[], VTPMethod]] = {}
+class MergeMethod(VTPMethod):
+    """Base class of a plugin that merges tokens instead of dropping them."""
+
+    kind = "merge"
+
+    def select(self, feats, k, ctx):
+        raise TypeError(f"VTP '{self.name}' merges tokens; call reduce() for its Reduced")
+
+    @abstractmethod
+    def merge(self, feats: torch.Tensor, k: int, ctx: VTPContext) -> Reduced:
+        """feats: [B, N, D] -> Reduced with index [B, k] and weights [B, k, N] (any row order; sorted after)."""
+
+    def _reduce(self, feats, k, ctx) -> Reduced:
+        red = self.merge(feats, k, ctx)
+        b, n = feats.shape[:2]
+        if red.index.shape != (b, k) or red.weights is None or red.weights.shape != (b, k, n):
+            raise RuntimeError(f"VTP '{self.name}' returned index {tuple(red.index.shape)} and weights "
+                               f"{None if red.weights is None else tuple(red.weights.shape)}; expected {(b, k)} "
+                               f"and {(b, k, n)}")
+        order = red.index.argsort(dim=1, stable=True)
+        return Reduced(red.index.gather(1, order), red.weights.gather(1, order.unsqueeze(-1).expand(-1, -1, n)))
+
+    def __call__(self, feats, k, ctx=None) -> Reduced:
+        return self.reduce(feats, k, ctx)
+
+
+def group_weights(assign: torch.Tensor, k: int) -> torch.Tensor:
+    """assign [B, N] (output slot of each original token, -1 = dropped) -> [B, k, N] uniform weights per
+    slot: the size-weighted average of repeated merges equals the plain mean of the originals merged."""
+    b, n = assign.shape
+    one_hot = torch.zeros(b, k + 1, n, dtype=torch.float32, device=assign.device)
+    one_hot.scatter_(1, (assign + 1).clamp_min(0).unsqueeze(1), 1.0)  # slot 0 collects the dropped ones
+    w = one_hot[:, 1:]
+    return w / w.sum(-1, keepdim=True).clamp_min(1.0)
+
+
+_REGISTRY: dict[str, Callable[..., VTPMethod]] = {}
 
 
 def register(name: str):
@@ -64,6 +181,7 @@ def register(name: str):
         if name in _REGISTRY:
             raise ValueError(f"VTP method '{name}' is registered twice")
         cls.name = name
+        cls().required_signals()  # an unknown signal fails at import, not mid-training
         _REGISTRY[name] = cls
         return cls
 
@@ -74,15 +192,34 @@ def available() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def get(name: str) -> VTPMethod:
-    """Instantiate the method registered as `name`; unknown names list the known ones."""
+def parse(spec: str) -> tuple[str, dict]:
+    """'visionzip:dominant=0.75+x=2' -> ('visionzip', {'dominant': 0.75, 'x': 2})."""
+    name, _, opts = spec.partition(":")
+    out = {}
+    for item in filter(None, opts.split("+")):  # not ",": lmms-eval splits its model_args there
+        key, eq, val = item.partition("=")
+        if not eq:
+            raise ValueError(f"VTP option '{item}' in '{spec}' is not key=value")
+        try:
+            out[key] = int(val) if val.lstrip("-").isdigit() else float(val)
+        except ValueError:
+            out[key] = {"true": True, "false": False}.get(val.lower(), val)
+    return name, out
+
+
+def get(spec: str, **options) -> VTPMethod:
+    """Instantiate the method named by `spec` ('name' or 'name:key=value+...'); unknown names list the known ones."""
+    name, opts = parse(spec)
     if name not in _REGISTRY:
         raise KeyError(
             f"unknown VTP method '{name}'; known methods: {', '.join(available())}. "
-            "To add one, put a file in dualspeed/vtp/ that subclasses VTPMethod with @register('<name>') "
-            "and import it in dualspeed/vtp/__init__.py"
+            "To add one, put a file in dualspeed/vtp/ that subclasses VTPMethod (selection) or MergeMethod "
+            "with @register('<name>'), or list it in $DUALSPEED_VTP_PLUGINS"
         )
-    return _REGISTRY[name]()
+    try:
+        return _REGISTRY[name](**{**opts, **options})
+    except TypeError as e:
+        raise ValueError(f"VTP method '{name}' does not take options {sorted({**opts, **options})}: {e}") from None
 
 
 def keep_count(n_tokens: int, prune_ratio: float) -> int:

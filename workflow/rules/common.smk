@@ -1,13 +1,14 @@
 import json
 import os
 import re
+from types import SimpleNamespace
 
 import yaml
 
 from snakemake.utils import validate
 
 from dualspeed import plan_check, recipe
-from dualspeed.variants import INFERENCE_MODES, VARIANTS, fmt, point, table_points
+from dualspeed.variants import INFERENCE_MODES, VARIANTS, fmt, point, table_points, vtp_inference_paths
 
 # command-line values coerced to the schema's types; key path, value and what is allowed on the
 # first line of any error; VTP methods and evaluation tasks checked before a job is planned
@@ -88,8 +89,11 @@ def pretrain_timing(pt):
 
 def table_inputs(name):
     pts = TABLES[name]
-    return {"metrics": [metrics_path(pt, m) for pt in pts for m in MODES],
-            "timing": [timing_path(pt) for pt in pts] + [pretrain_timing(pt) for pt in pts]}
+    out = {"metrics": [metrics_path(pt, m) for pt in pts for m in MODES],
+           "timing": [timing_path(pt) for pt in pts] + [pretrain_timing(pt) for pt in pts]}
+    if name == "vtp_inference":
+        out["metrics"] += [f"{RES}/{path}" for path in vtp_inference_paths(GRID).values()]
+    return out
 
 
 TABLE_FORMATS = ["md", "csv", "tex"]
@@ -147,6 +151,14 @@ def eval_inputs(wc):
     else:
         ins["benchmarks"] = bench_inputs()
     return ins
+
+
+BASELINE = point("baseline", GRID["method"], GRID["p"], GRID["r"])
+
+
+def vtp_eval_inputs(wc):
+    """evaluate_vtp reads the baseline's checkpoint: its inputs are the baseline's evaluation inputs."""
+    return eval_inputs(SimpleNamespace(variant="baseline", method="none", p="0", r="0"))
 
 
 def eval_command():

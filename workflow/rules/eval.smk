@@ -24,3 +24,30 @@ rule evaluate:
         "OMP_NUM_THREADS={threads} {params.cmd} --ckpt {params.e[ckpt]} --mode {wildcards.mode} "
         "--method {params.e[method]} --ratio {params.e[p]} --point {params.e[point]:q} --out {output.metrics} "
         "> {log} 2>&1"
+
+
+# Training-free VTP: the baseline checkpoint under pruned inference with each method at the grid's p.
+rule evaluate_vtp:
+    input:
+        unpack(vtp_eval_inputs),
+    output:
+        metrics=f"{RES}/vtp_inference/{{method}}/p{{p}}.json",
+    params:
+        ckpt=f"{recipe.sft_dir(config, BASELINE)}/hf",
+        point=lambda wc: json.dumps({"variant": "baseline", "method": "none", "p": 0.0, "r": 0.0,
+                                     "vtp_inference": {"method": wc.method, "p": float(wc.p)}}),
+        cmd=eval_command(),
+    conda:
+        "../../environment.yml"
+    log:
+        f"logs/{RECIPE}/eval/vtp_inference/{{method}}/p{{p}}.log",
+    benchmark:
+        f"benchmarks/{RECIPE}/eval/vtp_inference/{{method}}/p{{p}}.tsv"
+    group:
+        "eval"
+    threads: THREADS["eval"]
+    resources:
+        **res("eval", "eval"),
+    shell:
+        "OMP_NUM_THREADS={threads} {params.cmd} --ckpt {params.ckpt} --mode pruned --method {wildcards.method} "
+        "--ratio {wildcards.p} --point {params.point:q} --out {output.metrics} > {log} 2>&1"
