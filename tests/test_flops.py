@@ -142,3 +142,29 @@ def test_7b_shaped_llava_on_meta_matches_the_counter(mode):
     setup = flops.Setup(llm="lora", lora_r=128, checkpointing=True, attn="eager")
     want = flops.train_step(s, setup, [flops.Sample(text, s.patches, 1, answer)] * b, mode, 0.9).total
     assert abs(want - got) / got < TOL, (mode, want, got)
+
+
+def test_a_run_records_the_flops_torch_counts_and_its_peak_memory(synth_dir, tmp_path, monkeypatch):
+    """A short DualSpeed SFT run (fast and slow steps) under FlopCounterMode: the FLOPs it writes to
+    timing.json agree with what torch counted over the whole run (its export's LoRA merge included)."""
+    from dualspeed import train
+    from test_train import tiny_cfg
+
+    real = train.load_components
+
+    def eager_components(*a, **kw):  # the counter cannot see the CPU's SDPA kernel
+        llava, tok, proc = real(*a, **kw)
+        llava.set_attn_implementation("eager")
+        return llava, tok, proc
+
+    monkeypatch.setattr(train, "load_components", eager_components)
+    cfg = tiny_cfg(synth_dir, tmp_path / "run", **{"train.max_steps": 4, "fastslow.slow_prob": 0.5,
+                                                     "train.gradient_checkpointing": True})
+    with FlopCounterMode(display=False) as fc:
+        timing = train.run(cfg)
+    got = fc.get_total_flops()
+    assert abs(timing["flops"] - got) / got < TOL, (timing["flops"], got)
+    assert set(timing["mode_flops"]) == {"fast", "slow", "full"}
+    assert all((timing["mode_flops"][m] > 0) == (timing["mode_steps"][m] > 0) for m in timing["mode_flops"])
+    ran = {m for m, n in timing["mode_steps"].items() if n}
+    assert set(timing["peak_memory_bytes"]) == ran and all(v > 50 * 2**20 for v in timing["peak_memory_bytes"].values())
