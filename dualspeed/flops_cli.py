@@ -30,8 +30,9 @@ ASSUME = {"pretrain": (40, 15), "sft": (160, 60)}
 DATA_SIZES = {"llava15": (558_128, 665_298), "llava_next": (558_128, 779_011)}
 
 
-def preset_case(name: str) -> tuple[flops.Shape, flops.Setup, list[flops.Sample], float]:
-    """A dualspeed.bench preset -> (shape, setup, batch, r); checkpointing as the GPU bench runs it."""
+def preset_case(name: str, checkpointing: bool | None = None) -> tuple[flops.Shape, flops.Setup, list[flops.Sample], float]:
+    """A dualspeed.bench preset -> (shape, setup, batch, r); checkpointing as the bench runs it (on a GPU,
+    which the 7B presets need) unless given."""
     from .bench import PRESETS
 
     if name not in PRESETS:
@@ -40,7 +41,8 @@ def preset_case(name: str) -> tuple[flops.Shape, flops.Setup, list[flops.Sample]
     shape = flops.Shape(vis_d=p["vis_d"], vis_layers=p["vis_layers"], vis_inter=4 * p["vis_d"], patch=14,
                         image=p["grid"] * 14, d=p["d"], layers=p["layers"], heads=p["heads"], kv_heads=p["heads"],
                         inter=p["inter"], vocab=p["vocab"])
-    setup = flops.Setup(llm=p["llm"], lora_r=128, checkpointing=not name.startswith("tiny"))
+    ckpt = not name.startswith("tiny") if checkpointing is None else checkpointing
+    setup = flops.Setup(llm=p["llm"], lora_r=128, checkpointing=ckpt)
     visual, crops = flops.anyres_visual(shape.patches, 2, 2) if p.get("anyres") else (shape.patches, 1)
     # the bench's batch: `text` ids with one placeholder, the last 8 supervised
     return shape, setup, [flops.Sample(p["text"] - 1, visual, crops, 8)] * p["batch"], p["r"]

@@ -1,3 +1,4 @@
+import json
 import copy
 import math
 
@@ -154,3 +155,21 @@ def test_bad_pmod_settings_name_the_key(bad, key):
         base[k] = {**base.get(k, {}), **v}
     with pytest.raises(ConfigError, match=key):
         load_config(base=base)
+
+
+def test_tiny_pmod_run_trains_the_routers_of_two_mod_layers(synth_dir, tmp_path):
+    """The default tiny recipe's 4-layer LLM: PRD routes layers 1-3 (keep 0.75, 0.25, 0.15); the routers of
+    layers 1 and 2 train, the last layer's gets no gradient (its vision outputs reach no loss)."""
+    from safetensors.torch import load_file
+    from test_train import tiny_cfg
+
+    from dualspeed.train import run
+
+    out = tmp_path / "pmod"
+    run(tiny_cfg(synth_dir, out, **{"model.tiny.llm_layers": 4, "fastslow.prune": False, "pmod.enabled": True,
+                                    "train.max_steps": 4}))
+    extra = load_file(out / "hf" / "dualspeed_extra.safetensors")
+    assert json.loads((out / "hf" / "dualspeed.json").read_text())["pmod"]["ratios"][0] is None
+    moved = {i: float(extra[f"pmod.routers.{i}.weight"].abs().max()) for i in (1, 2, 3)}
+    assert moved[1] > 1e-4 and moved[2] > 1e-4, moved
+    assert moved[3] == 0.0, moved
