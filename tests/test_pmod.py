@@ -173,3 +173,20 @@ def test_tiny_pmod_run_trains_the_routers_of_two_mod_layers(synth_dir, tmp_path)
     moved = {i: float(extra[f"pmod.routers.{i}.weight"].abs().max()) for i in (1, 2, 3)}
     assert moved[1] > 1e-4 and moved[2] > 1e-4, moved
     assert moved[3] == 0.0, moved
+
+
+def test_real_recipes_train_pmod_with_its_own_sft_recipe():
+    from pathlib import Path
+
+    import yaml
+
+    from dualspeed.recipe import sft_spec
+    from dualspeed.variants import point
+
+    for name in ("llava15_7b", "llava_next_7b"):
+        cfg = yaml.safe_load((Path(__file__).parents[1] / "config" / f"{name}.yaml").read_text())
+        pm, base = (sft_spec(cfg, point(v, "divprune", 0.9, 0.1)) for v in ("pmod", "baseline"))
+        assert (pm["train"]["llm"], pm["train"]["lr"]) == ("full", 2e-5)
+        assert (base["train"]["llm"], base["train"]["lr"]) == ("lora", 2e-4)
+        assert "train" not in pm["pmod"] and pm["pmod"]["enabled"]
+        load_config(base={**pm, "output_dir": "x"})  # a valid run config
