@@ -130,7 +130,8 @@ def _attention(b: int, t_q: int, t_k: int, d: int, grad: bool, attn: str) -> tup
     return f, (f * (2.5 if attn == "sdpa" else 2.0) if grad else 0.0)
 
 
-def _layer(s: Shape, st: Setup, b: int, t: int, grad: bool, x_grad: bool) -> tuple[float, float, float]:
+def _layer(s: Shape, st: Setup, b: int, t: int, grad: bool, x_grad: bool, routed: bool = False
+           ) -> tuple[float, float, float]:
     """One decoder layer over [b, t]: forward, backward and checkpoint-recompute FLOPs. x_grad: its input
     needs a gradient."""
     w_grad = grad and st.llm == "full"
@@ -151,10 +152,12 @@ def _layer(s: Shape, st: Setup, b: int, t: int, grad: bool, x_grad: bool) -> tup
     f, g = _attention(b, t, t, s.d, x_mid, st.attn)
     fwd, bwd = fwd + f, bwd + g
     rec = fwd if (st.checkpointing and bwd) else 0.0
-    if rec and st.llm == "frozen":
-        # the recompute stops at the last tensor backward needs (torch's early stop); a frozen down_proj
-        # needs only its weight for the input's gradient, so the layer's last product is not re-run
-        rec -= 2.0 * n * s.inter * s.d
+    if rec and not routed:
+        # the recompute stops at the last tensor backward needs (torch's early stop): the layer's last
+        # product, whose output only joins the residual, is not re-run - down_proj, or with LoRA on it
+        # its B (the base product comes before LoRA's A, whose output B saves)
+        lora_down = st.llm == "lora" and "down_proj" in st.lora_targets
+        rec -= 2.0 * n * (st.lora_r if lora_down else s.inter) * s.d
     return fwd, bwd, rec
 
 
@@ -175,7 +178,8 @@ def llm(s: Shape, st: Setup, batch: list[Sample], visual: list[int], grad: bool,
             kept = max(x.text + math.floor(r * v) for x, v in zip(batch, visual))
             fr, gr = _linear(b * t, s.d, 1, grad, grad and x_grad)
             out.add("router", fr, gr, fr if grad and st.checkpointing else 0.0)
-            f, g, rec = _layer(s, st, b, kept, grad, x_grad)
+            # TanhNorm's weight multiplies the MLP output, so the routed layer re-runs to its end
+            f, g, rec = _layer(s, st, b, kept, grad, x_grad, routed=True)
         else:
             f, g, rec = _layer(s, st, b, t, grad, x_grad)
         out.add("llm", f, g, rec)
@@ -186,21 +190,21 @@ def llm(s: Shape, st: Setup, batch: list[Sample], visual: list[int], grad: bool,
     return out
 
 
-def vision(s: Shape, st: Setup, crops: int, prune: bool, p: float) -> Flops:
-    """Vision tower, projector and (fast mode) the pruning plugin over `crops` crops."""
+def vision(s: Shape, st: Setup, crops: int, prune: bool, p: float, train: bool = True) -> Flops:
+    """Vision tower, projector and (fast mode) the pruning plugin over `crops` crops; train=False: no backward."""
     out = Flops()
     if not crops:
         return out
     n, pt = s.patches + 1, s.patches
-    grad = st.train_vision
+    grad = st.train_vision and train
     conv = 2.0 * crops * pt * 3 * s.patch ** 2 * s.vis_d
     out.add("vision", conv, conv if grad else 0.0)  # pixels need no gradient: the weight's only
     per_layer = (4 * s.vis_d * s.vis_d + 2 * s.vis_d * s.vis_inter)
     fa, ga = _attention(crops, n, n, s.vis_d, grad, st.attn)
     lin = 2.0 * crops * n * per_layer
     out.add("vision", s.vis_layers * (lin + fa), s.vis_layers * (2 * lin * grad + ga))
-    f1, g1 = _linear(crops * pt, s.vis_d, s.d, True, grad)
-    f2, g2 = _linear(crops * pt, s.d, s.d, True, True)
+    f1, g1 = _linear(crops * pt, s.vis_d, s.d, train, grad)
+    f2, g2 = _linear(crops * pt, s.d, s.d, train, train)
     out.add("projector", f1 + f2, g1 + g2)
     if prune and st.prune_method == "divprune":  # the cosine-distance matrix of each crop's tokens
         out.add("prune", 2.0 * crops * pt * pt * s.d)
@@ -218,7 +222,7 @@ def mode_visual(s: Shape, x: Sample, mode: str, p: float, isolator_len: int) -> 
 
 def forward_pass(s: Shape, st: Setup, batch: list[Sample], mode: str, p: float, isolator_len: int, grad: bool,
                  pmod_ratios=None) -> Flops:
-    out = vision(s, st, sum(x.crops for x in batch), mode.startswith("fast"), p)
+    out = vision(s, st, sum(x.crops for x in batch), mode.startswith("fast"), p, grad)
     out += llm(s, st, batch, [mode_visual(s, x, mode, p, isolator_len) for x in batch], grad,
                pmod_ratios if mode == "pmod" else None)
     return out

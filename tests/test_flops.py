@@ -17,7 +17,7 @@ from dualspeed.model import DualSpeedLlava, Prune
 from dualspeed.pmod import prd_ratios
 from dualspeed.train import set_trainable
 
-TOL = 0.05
+TOL = 0.01  # the issue asks for 5%; the model is exact up to the rotary embedding's one small product
 
 
 def counted(fn) -> int:
