@@ -132,12 +132,16 @@ def inference(shape: flops.Shape, sample: flops.Sample, p: float, iso: int) -> d
     return res
 
 
+def _f(x: float) -> str:
+    return f"{x / 1e12:.3f} TFLOPs" if x >= 1e11 else f"{x / 1e9:.3f} GFLOPs"
+
+
 def _fmt(res: dict) -> str:
     lines = []
     for stage, r in res.get("stages", {"step": res}).items():
         cs = r["compute_speedup"]
         per = "sample" if "stages" in res else "step"
-        lines.append(f"{stage}: TFLOPs per {per} " + ", ".join(f"{m} {v / 1e12:.3f}" for m, v in r["variant_flops"].items()))
+        lines.append(f"{stage}: per {per} " + ", ".join(f"{m} {_f(v)}" for m, v in r["variant_flops"].items()))
         lines.append(f"{stage}: compute-limit speedup " + ", ".join(f"{m} {v:.2f}x" for m, v in cs.items()))
         if "pmod_vs_baseline_with_its_recipe" in r:
             lines.append(f"{stage}: p-MoD against a baseline trained with p-MoD's recipe "
@@ -146,7 +150,7 @@ def _fmt(res: dict) -> str:
         lines.append("overall: " + ", ".join(f"{m} {v:.2f}x" for m, v in res["compute_speedup_overall"].items()))
     for m, r in res["inference"].items():
         v = r["vs_normal"]
-        lines.append(f"inference {m}: {r['flops'] / 1e12:.3f} TFLOPs ({100 * v['flops']:.1f}%, LLM "
+        lines.append(f"inference {m}: {_f(r['flops'])} ({100 * v['flops']:.1f}%, LLM "
                      f"{100 * v['llm_flops']:.1f}%), KV cache {r['kv_cache_bytes'] / 2**20:.1f} MiB "
                      f"({100 * v['kv_cache_bytes']:.1f}%)")
     return "\n".join(lines)
