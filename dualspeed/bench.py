@@ -23,17 +23,18 @@ import time
 import torch
 from transformers import CLIPVisionConfig, LlamaConfig, set_seed
 
-from . import vtp
+from . import flops, vtp
 from .config import RunConfig
 from .fastslow import FAST, FULL, SLOW, mode_loss
 from .build import llava_config
+from .flops_cli import preset_case
 from .model import DualSpeedLlava, Prune
 
 VICUNA_7B = dict(d=4096, layers=32, heads=32, inter=11008, vocab=32064)
 CLIP_L_336 = dict(vis_d=1024, vis_layers=24, grid=24)  # 336 px at patch 14: 576 tokens per crop
 PRESETS = {
     # llm: how the LLM trains (frozen = projector and isolator only, as pretraining); r: slow-step probability
-    "tiny": dict(d=128, layers=2, heads=4, inter=256, vocab=64, grid=8, vis_d=64, vis_layers=2, text=48, batch=32,
+    "tiny": dict(d=128, layers=4, heads=4, inter=256, vocab=64, grid=8, vis_d=64, vis_layers=2, text=48, batch=32,
                  llm="full", r=0.1),
     "7b-pretrain": dict(**VICUNA_7B, **CLIP_L_336, text=40, batch=32, llm="frozen", r=0.0),
     "7b-sft": dict(**VICUNA_7B, **CLIP_L_336, text=160, batch=16, llm="lora", r=0.1),
@@ -136,14 +137,20 @@ def run(preset: str, steps: int, burn_in: int, p_ratio: float, r: float | None, 
             if i >= burn_in:
                 times[m].append(time.perf_counter() - t0)
     mean = {m: statistics.fmean(v) for m, v in times.items()}
-    variant = {"baseline": mean["full"], "naiveprune": mean["fast"],
-               "dualspeed": (1 - r) * mean["fast_isolator"] + r * mean.get("slow", 0.0), "pmod": mean["pmod"]}
+    variant = flops.variants(mean, r)
+    speedup = {k: variant["baseline"] / v for k, v in variant.items()}
+    shape, setup, samples, _ = preset_case(preset, checkpointing=device == "cuda")
+    limit = flops.compute_speedups(shape, setup, samples, p_ratio, r, pmod_ratios=routers.ratios)
     return {
         "preset": preset, "device": torch.cuda.get_device_name(0) if device == "cuda" else f"cpu x{torch.get_num_threads()}",
         "dtype": str(dtype), "batch": p["batch"], "llm": p["llm"], "steps": steps, "burn_in": burn_in, "p": p_ratio,
         "r": r, "pmod_ratios": routers.ratios, **visual_tokens(model, inputs, prune, p["batch"]),
         "mode_step_time_s": mean, "mode_median_step_time_s": {m: statistics.median(v) for m, v in times.items()},
-        "step_time_s": variant, "speedup_vs_baseline": {k: variant["baseline"] / v for k, v in variant.items()},
+        "step_time_s": variant, "speedup_vs_baseline": speedup,
+        # the FLOPs model's limit (dualspeed/flops.py) and how much of it the measured speedup reaches
+        "mode_tflops": {m: f["total"] / 1e12 for m, f in limit["mode_flops"].items()},
+        "compute_speedup": limit["compute_speedup"],
+        "measured_over_limit": {k: speedup[k] / limit["compute_speedup"][k] for k in speedup},
         "peak_gpu_mem_gb": torch.cuda.max_memory_allocated() / 2**30 if device == "cuda" else None,
         "cudnn_attention": torch.backends.cuda.cudnn_sdp_enabled() if device == "cuda" else None,
         **divprune_cost(p, device, dtype),
@@ -246,6 +253,9 @@ def main(argv=None):
     if a.out:
         open(a.out, "w").write(text)
     print(text)
+    for k in ("naiveprune", "dualspeed", "pmod"):
+        print(f"{a.preset} {k}: measured {res['speedup_vs_baseline'][k]:.2f}x / compute limit "
+              f"{res['compute_speedup'][k]:.2f}x = {100 * res['measured_over_limit'][k]:.0f}%")
 
 
 if __name__ == "__main__":

@@ -89,15 +89,20 @@ def pretrain_spec(cfg: dict, pt: Point) -> dict:
 
 def sft_spec(cfg: dict, pt: Point) -> dict:
     paths = data_paths(cfg)
+    pmod = copy.deepcopy(cfg.get("pmod", {}))
+    train = {**copy.deepcopy(cfg["sft"]["train"]), "stage": "sft"}
+    own = pmod.pop("train", {})  # p-MoD's own SFT recipe (full fine-tune, LR 2e-5) where it differs
+    if pt.settings["pmod"]:
+        train.update(copy.deepcopy(own))
     return {
         "output_dir": sft_dir(cfg, pt),
         "model": {"source": "llava", "path": f"{pretrain_dir(cfg, pt.pretrain_tag)}/hf"},
         "data": {"json": paths["sft"], "image_folder": paths["image_folder"], "template": "vicuna_v1",
                  "max_length": cfg["data"].get("max_length", 2048), "bad_images": cfg["data"].get("bad_images", "fail"),
                  **preprocessing(cfg, "sft")},
-        "train": {**copy.deepcopy(cfg["sft"]["train"]), "stage": "sft"},
+        "train": train,
         "fastslow": {**stage_fastslow(pt, "sft", *_fs_defaults(cfg)), **_fs_extra(cfg)},
-        "pmod": {**copy.deepcopy(cfg.get("pmod", {})), "enabled": pt.settings["pmod"]},
+        "pmod": {**pmod, "enabled": pt.settings["pmod"]},
     }
 
 

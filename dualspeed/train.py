@@ -24,13 +24,14 @@ import torch
 import yaml
 from transformers import Trainer, TrainerCallback, TrainingArguments, set_seed
 
-from . import provenance, vtp
+from . import flops, provenance, vtp
 from .build import load_components, reinit_projector
 from .checkpoint import carry_extras, export_hf, load_trainable, save_trainable
 from .config import RunConfig, dump_config, load_config
 from .data import Collator, LlavaDataset
 from .data_check import checked_rows
 from .fastslow import FAST, FULL, SLOW, ModeSchedule, mode_loss
+from .memory import PeakMemory
 from .model import DualSpeedLlava, Prune
 from .tracking import group_lrs, group_names, mode_scalars, report_to
 from .sampler import grouped_sampler
@@ -74,7 +75,7 @@ class StepLog(TrainerCallback):
     part used in that step (`lr_projector`, `lr_llm`, `lr_isolator`, `lr_vision`: those that train)."""
 
     FIELDS = ["step", "mode", "loss", "teacher_ce", "student_ce", "kl", "visual_tokens", "text_tokens", "samples",
-              "step_time_s"]
+              "step_time_s", "flops"]
 
     def __init__(self, trainer: "DualSpeedTrainer", path: Path):
         self.trainer, self.path = trainer, path
@@ -109,7 +110,7 @@ class StepLog(TrainerCallback):
         if not state.is_world_process_zero:
             return
         row = [state.global_step, s["mode"], s["loss"], s["teacher_ce"], s["student_ce"], s["kl"],
-               s["visual_tokens"], s["text_tokens"], s["samples"], round(dt, 5)]
+               s["visual_tokens"], s["text_tokens"], s["samples"], round(dt, 5), s["flops"]]
         row += [self.lrs.get(g, math.nan) for g in group_names(self.trainer.optimizer)]
         with self.path.open("a", newline="") as f:
             csv.writer(f).writerow(row)
@@ -125,11 +126,12 @@ class DualSpeedTrainer(Trainer):
         self.rank_modes_checked = 0
         self._stats = self._empty_stats()
         self._window: list[dict] = []  # step stats since the Trainer last logged, for the trackers
+        self.flop_counter = flops.StepCounter(self.accelerator.unwrap_model(self.model), run_cfg)
 
     @staticmethod
     def _empty_stats():
         return {"mode": "", "loss": 0.0, "teacher_ce": math.nan, "student_ce": math.nan, "kl": math.nan,
-                "visual_tokens": 0, "text_tokens": 0, "samples": 0, "n": 0}
+                "visual_tokens": 0, "text_tokens": 0, "samples": 0, "flops": 0.0, "n": 0}
 
     def pop_step_stats(self) -> dict:
         s = self._stats
@@ -154,15 +156,16 @@ class DualSpeedTrainer(Trainer):
         """Sum the step's token and sample counts over ranks, and check every rank ran the same mode:
         a rank that drew another mode would train a different objective (or deadlock in DDP)."""
         code = MODE_CODES[s["mode"] or FULL]
-        local = torch.tensor([[code, s["visual_tokens"], s["text_tokens"], s["samples"]]], dtype=torch.float64,
-                             device=self.args.device)
-        every = self.accelerator.gather(local).cpu()  # [world, 4]
+        local = torch.tensor([[code, s["visual_tokens"], s["text_tokens"], s["samples"], s["flops"]]],
+                             dtype=torch.float64, device=self.args.device)
+        every = self.accelerator.gather(local).cpu()  # [world, 5]
         if not bool((every[:, 0] == code).all()):
             raise RuntimeError(f"ranks disagree on the mode of optimizer step {self.state.global_step}: "
                                f"{[MODE_NAMES[int(c)] for c in every[:, 0]]}")
         self.rank_modes_checked += 1
-        total = every[:, 1:].sum(0).long().tolist()
-        return {**s, "visual_tokens": total[0], "text_tokens": total[1], "samples": total[2]}
+        total = every[:, 1:].sum(0).tolist()
+        return {**s, "visual_tokens": int(total[0]), "text_tokens": int(total[1]), "samples": int(total[2]),
+                "flops": total[3]}
 
     def _record(self, mode, loss, inputs, visual_tokens, teacher_ce=None, student_ce=None, kl=None):
         s = self._stats
@@ -197,6 +200,9 @@ class DualSpeedTrainer(Trainer):
             self._stop_nonfinite(mode, r)
         self._record(mode, r.loss.detach(), inputs, r.visual_tokens, teacher_ce=r.teacher_ce,
                      student_ce=r.student_ce, kl=r.kl)
+        # analytic FLOPs of this micro-batch as it ran (dualspeed/flops.py), from its own token counts
+        self._stats["flops"] += self.flop_counter.step(self.accelerator.unwrap_model(model), inputs, mode,
+                                                       r.out.visual_tokens)
         return (r.loss, r.out) if return_outputs else r.loss
 
     def _stop_nonfinite(self, mode: str, r) -> None:
@@ -312,9 +318,11 @@ def run(cfg: RunConfig) -> dict:
     trainer = DualSpeedTrainer(model=model, args=args, train_dataset=dataset,
                                data_collator=Collator(tokenizer.pad_token_id), run_cfg=cfg)
     trainer.add_callback(StepLog(trainer, out / "steps.csv"))
+    memory = PeakMemory(trainer)
+    trainer.add_callback(memory)
     result = trainer.train(resume_from_checkpoint=resume)
     timing = {"stage": t.stage, **step_totals(out / "steps.csv", resume, result.metrics["train_runtime"]),
-              "resumed_from": resume, "world_size": args.world_size,
+              "resumed_from": resume, "world_size": args.world_size, **memory.summary(),
               "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"cpu x{torch.get_num_threads()}"}
     if args.world_size > 1:
         timing["ranks_agree"] = {"modes_checked_steps": trainer.rank_modes_checked,
@@ -382,7 +390,10 @@ def step_totals(steps_csv: Path, resume: str | None, runtime: float) -> dict:
     return {"train_runtime_s": total, "steps": len(rows), "loop_step_time_s": sum(float(r["step_time_s"]) for r in rows),
             "samples": samples, "visual_tokens": vis, "text_tokens": txt,
             "tokens_per_s": (vis + txt) / total if total else None, "samples_per_s": samples / total if total else None,
-            "mode_steps": {m: sum(r["mode"] == m for r in rows) for m in (FAST, SLOW, FULL)}}
+            "mode_steps": {m: sum(r["mode"] == m for r in rows) for m in (FAST, SLOW, FULL)},
+            # FLOPs of every step on every rank (dualspeed/flops.py); rows older than the column count 0
+            "flops": sum(float(r.get("flops") or 0) for r in rows),
+            "mode_flops": {m: sum(float(r.get("flops") or 0) for r in rows if r["mode"] == m) for m in (FAST, SLOW, FULL)}}
 
 
 def ranks_hold_same_weights(trainer: Trainer) -> bool:

@@ -5,7 +5,7 @@ def test_bench_times_four_variants_side_by_side():
     res = run("tiny", steps=2, burn_in=1, p_ratio=0.9, r=0.5, device="cpu", dtype=__import__("torch").float32)
     assert set(res["step_time_s"]) == {"baseline", "naiveprune", "dualspeed", "pmod"}
     assert set(res["mode_step_time_s"]) == {"full", "fast", "fast_isolator", "slow", "pmod"}
-    assert res["pmod_ratios"] == [None, 0.15]  # PRD over the tiny LLM's 2 layers
+    assert res["pmod_ratios"] == [None, 0.75, __import__("pytest").approx(0.25), 0.15]  # PRD over the tiny recipe's 4 LLM layers
     assert res["speedup_vs_baseline"]["baseline"] == 1.0
     assert all(t > 0 for t in res["mode_step_time_s"].values())
     m = res["mode_step_time_s"]
@@ -13,6 +13,10 @@ def test_bench_times_four_variants_side_by_side():
     assert res["visual_tokens_full"] == 64
     assert res["visual_tokens_fast"] == 6 and res["visual_tokens_fast_isolator"] == 6 + 4
     assert res["divprune_ms_per_batch"] > 0 and res["divprune_crops_per_batch"] == 32
+    # the FLOPs model's limit: pruning 64 -> 6 tokens must leave a fast step far cheaper than a full one
+    lim = res["compute_speedup"]
+    assert lim["baseline"] == 1.0 and lim["naiveprune"] > lim["dualspeed"] > 1.0 and lim["pmod"] > 1.0
+    assert all(abs(res["measured_over_limit"][k] - res["speedup_vs_baseline"][k] / lim[k]) < 1e-12 for k in lim)
 
 
 def test_bench_llava_next_prunes_every_crop():

@@ -1,4 +1,5 @@
 import copy
+import json
 import math
 
 import pytest
@@ -154,3 +155,38 @@ def test_bad_pmod_settings_name_the_key(bad, key):
         base[k] = {**base.get(k, {}), **v}
     with pytest.raises(ConfigError, match=key):
         load_config(base=base)
+
+
+def test_tiny_pmod_run_trains_the_routers_of_two_mod_layers(synth_dir, tmp_path):
+    """The default tiny recipe's 4-layer LLM: PRD routes layers 1-3 (keep 0.75, 0.25, 0.15); the routers of
+    layers 1 and 2 train, the last layer's gets no gradient (its vision outputs reach no loss)."""
+    from safetensors.torch import load_file
+    from test_train import tiny_cfg
+
+    from dualspeed.train import run
+
+    out = tmp_path / "pmod"
+    run(tiny_cfg(synth_dir, out, **{"model.tiny.llm_layers": 4, "fastslow.prune": False, "pmod.enabled": True,
+                                    "train.max_steps": 4}))
+    extra = load_file(out / "hf" / "dualspeed_extra.safetensors")
+    assert json.loads((out / "hf" / "dualspeed.json").read_text())["pmod"]["ratios"][0] is None
+    moved = {i: float(extra[f"pmod.routers.{i}.weight"].abs().max()) for i in (1, 2, 3)}
+    assert moved[1] > 1e-4 and moved[2] > 1e-4, moved
+    assert moved[3] == 0.0, moved
+
+
+def test_real_recipes_train_pmod_with_its_own_sft_recipe():
+    from pathlib import Path
+
+    import yaml
+
+    from dualspeed.recipe import sft_spec
+    from dualspeed.variants import point
+
+    for name in ("llava15_7b", "llava_next_7b"):
+        cfg = yaml.safe_load((Path(__file__).parents[1] / "config" / f"{name}.yaml").read_text())
+        pm, base = (sft_spec(cfg, point(v, "divprune", 0.9, 0.1)) for v in ("pmod", "baseline"))
+        assert (pm["train"]["llm"], pm["train"]["lr"]) == ("full", 2e-5)
+        assert (base["train"]["llm"], base["train"]["lr"]) == ("lora", 2e-4)
+        assert "train" not in pm["pmod"] and pm["pmod"]["enabled"]
+        load_config(base={**pm, "output_dir": "x"})  # a valid run config

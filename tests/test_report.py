@@ -79,3 +79,26 @@ def test_vtp_inference_table_sets_training_free_beside_trained(tmp_path):
     assert rows.loc["divprune", "DualSpeed pruned %"] == pytest.approx(100 * (1.0 + 0.5) / 2)
     assert rows.loc["tome", "DualSpeed normal %"] == pytest.approx(100.0)
     assert rows.loc["tome", "kind"] == "merge" and "training-free" in caption
+
+
+def test_speedups_carry_the_compute_speedup_from_recorded_flops(tmp_path):
+    import json
+
+    from dualspeed.report.collect import Scorer
+    from dualspeed.variants import point
+
+    cfg = _cfg(tmp_path)
+    runs = {point("baseline", "divprune", 0.9, 0.1): ("full", 10.0, 40.0, 4e12, 8e12, {"full": 3 * 2**20}),
+            point("naiveprune", "divprune", 0.9, 0.1): ("divprune_p0.9_noiso", 5.0, 20.0, 1e12, 2e12, {"fast": 2**20})}
+    for pt, (tag, pre_s, sft_s, pre_f, sft_f, peak) in runs.items():
+        for d, t in ((tmp_path / "runs" / "pretrain" / tag, {"train_runtime_s": pre_s, "flops": pre_f}),
+                     (tmp_path / "runs" / "sft" / pt.path, {"train_runtime_s": sft_s, "flops": sft_f,
+                                                           "peak_memory_bytes": peak})):
+            d.mkdir(parents=True, exist_ok=True)
+            (d / "timing.json").write_text(json.dumps(t))
+        m = tmp_path / "results" / "metrics" / pt.path
+        m.mkdir(parents=True)
+        (m / "normal.json").write_text(json.dumps({"scores": {"a": 1.0}}))
+    sp = Scorer(cfg).speedups(point("naiveprune", "divprune", 0.9, 0.1))
+    assert sp["speedup_overall"] == 2.0 and sp["compute_speedup_sft"] == 4.0
+    assert sp["compute_speedup_overall"] == 12e12 / 3e12 and sp["sft_peak_mem_mib"] == 1.0

@@ -39,8 +39,13 @@ def vtp_metrics(cfg: dict, path: str) -> dict:
 def timings(cfg: dict, pt: Point) -> dict:
     sft = _read(Path(recipe.sft_dir(cfg, pt)) / "timing.json", pt, "SFT timing")
     pre = _read(Path(recipe.pretrain_dir(cfg, pt.pretrain_tag)) / "timing.json", pt, "pretraining timing")
+    flops = {k: t.get("flops") for k, t in (("pretrain", pre), ("sft", sft))}  # absent in runs older than the field
+    peak = sft.get("peak_memory_bytes") or {}
     return {"pretrain_s": pre["train_runtime_s"], "sft_s": sft["train_runtime_s"],
-            "total_s": pre["train_runtime_s"] + sft["train_runtime_s"]}
+            "total_s": pre["train_runtime_s"] + sft["train_runtime_s"],
+            "pretrain_flops": flops["pretrain"], "sft_flops": flops["sft"],
+            "total_flops": None if None in flops.values() else flops["pretrain"] + flops["sft"],
+            "sft_peak_mem_mib": max(peak.values()) / 2**20 if peak else None}
 
 
 def baseline(cfg: dict) -> Point:
@@ -73,5 +78,10 @@ class Scorer:
 
     def speedups(self, pt: Point) -> dict:
         t, b = timings(self.cfg, pt), self.base_time
+        # compute speedup: the baseline's counted FLOPs over the variant's, the limit a wall-time speedup
+        # would reach if time followed FLOPs
+        compute = {f"compute_speedup_{k}": (b[f"{k}_flops"] / t[f"{k}_flops"] if b[f"{k}_flops"] and t[f"{k}_flops"]
+                                            else None) for k in ("pretrain", "sft", "total")}
+        compute["compute_speedup_overall"] = compute.pop("compute_speedup_total")
         return {"speedup_pretrain": b["pretrain_s"] / t["pretrain_s"], "speedup_sft": b["sft_s"] / t["sft_s"],
-                "speedup_overall": b["total_s"] / t["total_s"], **t}
+                "speedup_overall": b["total_s"] / t["total_s"], **compute, **t}

@@ -18,6 +18,8 @@ from .collect import Scorer, metrics, vtp_metrics
 REL = ("Relative performance = mean over benchmarks of (score / baseline score under normal inference), in %.")
 SPD = ("Speedup = baseline training wall time / variant wall time, per stage and overall "
        "(pretraining + SFT; the tiny recipe's shared warm-up is excluded).")
+COMPUTE = ("Compute speedup = baseline training FLOPs / variant FLOPs (dualspeed/flops.py, from the token counts "
+           "of the steps each run took): the limit of the measured speedup if time followed FLOPs.")
 PAPER = "Columns marked 'paper' are the published LLaVA-1.5-7B numbers; '-' where the paper reports none."
 PMOD = ("p-MoD's paper numbers are its average score over the baseline's (the paper gives averages only) and "
         "1 / its fraction of the baseline's training GPU hours.")
@@ -68,10 +70,13 @@ def build(cfg: dict, name: str) -> tuple[pd.DataFrame, str]:
             rows.append({"run": _label(pt), **{k: round(v, 2) for k, v in m["scores"].items()},
                          "rel. perf. %": sc.rel_perf(pt), "pretrain s": sp["pretrain_s"], "SFT s": sp["sft_s"],
                          "speedup pretrain": sp["speedup_pretrain"], "speedup SFT": sp["speedup_sft"],
-                         "speedup overall": sp["speedup_overall"],
+                         "speedup overall": sp["speedup_overall"], "compute speedup SFT": sp["compute_speedup_sft"],
+                         "compute speedup overall": sp["compute_speedup_overall"],
+                         "peak mem SFT MiB": sp["sft_peak_mem_mib"],
                          "paper rel. perf. %": main_ref.get(pt.variant, {}).get("rel_perf"),
                          "paper speedup": main_ref.get(pt.variant, {}).get("speedup_overall")})
-        caption = f"Main results (normal inference). {REL} {SPD} {PAPER_NEXT if is_llava_next(cfg) else PAPER} {PMOD}"
+        caption = (f"Main results (normal inference). {REL} {SPD} {COMPUTE} Peak memory: the largest SFT step's "
+                   f"(CUDA: allocated; CPU: the process's peak RSS). {PAPER_NEXT if is_llava_next(cfg) else PAPER} {PMOD}")
     elif name == "mismatch":
         for pt in pts:
             row = {"run": _label(pt)}
@@ -87,11 +92,12 @@ def build(cfg: dict, name: str) -> tuple[pd.DataFrame, str]:
             row = {"run": _label(pt), "what": DESCRIPTIONS[pt.variant]}
             row.update({f"{mode} %": sc.rel_perf(pt, mode) for mode in modes})
             row["speedup overall"] = sp["speedup_overall"]
+            row["compute speedup overall"] = sp["compute_speedup_overall"]
             row["paper normal %"] = ref[name].get(pt.variant)
             rows.append(row)
         caption = ("Component ablation: NaivePrune -> + fast-slow -> + isolator -> + distillation (= DualSpeed), "
                    "and DualSpeed without the isolator. " if name == "ablation" else
-                   "VTP per stage: none, pretraining only, SFT only, both (= NaivePrune). ") + f"{REL} {SPD} {paper}"
+                   "VTP per stage: none, pretraining only, SFT only, both (= NaivePrune). ") + f"{REL} {SPD} {COMPUTE} {paper}"
     elif name == "vtp_inference":
         rows, caption = _vtp_inference(cfg, pts, sc)
     else:
@@ -100,12 +106,12 @@ def build(cfg: dict, name: str) -> tuple[pd.DataFrame, str]:
             row = {"run": _label(pt), "method": pt.method, "p": pt.p, "r": pt.r}
             row.update({f"{mode} %": sc.rel_perf(pt, mode) for mode in modes})
             row.update({"speedup pretrain": sp["speedup_pretrain"], "speedup SFT": sp["speedup_sft"],
-                        "speedup overall": sp["speedup_overall"]})
+                        "speedup overall": sp["speedup_overall"], "compute speedup overall": sp["compute_speedup_overall"]})
             rows.append(row)
         what = {"methods": "VTP method comparison (DualSpeed with each registered method)",
                 "p_sweep": f"Sweep of the pruning ratio p (DualSpeed). Paper: {ref['sweeps']['p']}",
                 "r_sweep": f"Sweep of the slow-mode probability r (DualSpeed). Paper: {ref['sweeps']['r']}"}[name]
-        caption = f"{what}. {REL} {SPD}"
+        caption = f"{what}. {REL} {SPD} {COMPUTE}"
     if sc.excluded:
         caption += f" Left out of relative performance (baseline scores 0): {', '.join(sc.excluded)}."
     return pd.DataFrame(rows), caption
