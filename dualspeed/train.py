@@ -10,19 +10,15 @@ comparison row: the same loop with Mixture-of-Depths layers in the LLM.
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import logging
 import math
 import os
-import shutil
 import sys
-import time
 from pathlib import Path
 
 import torch
-import yaml
-from transformers import Trainer, TrainerCallback, TrainingArguments, set_seed
+from transformers import Trainer, TrainingArguments, set_seed
 
 from . import flops, provenance, vtp
 from .build import load_components, reinit_projector
@@ -33,8 +29,10 @@ from .data_check import checked_rows
 from .fastslow import FAST, FULL, SLOW, ModeSchedule, mode_loss
 from .memory import PeakMemory
 from .model import DualSpeedLlava, Prune
-from .tracking import group_lrs, group_names, mode_scalars, report_to
+from .tracking import mode_scalars, report_to
+from .resume import resume_point
 from .sampler import grouped_sampler
+from .steplog import StepLog, step_totals
 
 log = logging.getLogger("dualspeed.train")
 MODE_CODES = {FULL: 0, FAST: 1, SLOW: 2}
@@ -68,52 +66,6 @@ def set_trainable(model: DualSpeedLlava, cfg: RunConfig) -> dict[str, int]:
     counts = {k: sum(p.numel() for p in m.parameters() if p.requires_grad) for k, m in parts.items()}
     log.info("trainable parameters: %s", ", ".join(f"{k}={v:,}" for k, v in counts.items()))
     return counts
-
-
-class StepLog(TrainerCallback):
-    """Per-step CSV: mode, teacher/student CE, KL, loss, tokens, step time, and the LR each optimizer
-    part used in that step (`lr_projector`, `lr_llm`, `lr_isolator`, `lr_vision`: those that train)."""
-
-    FIELDS = ["step", "mode", "loss", "teacher_ce", "student_ce", "kl", "visual_tokens", "text_tokens", "samples",
-              "step_time_s", "flops"]
-
-    def __init__(self, trainer: "DualSpeedTrainer", path: Path):
-        self.trainer, self.path = trainer, path
-        self.t0 = None
-        self.lrs: dict[str, float] = {}
-
-    def fields(self) -> list[str]:
-        return self.FIELDS + [f"lr_{g}" for g in group_names(self.trainer.optimizer)]
-
-    def on_train_begin(self, args, state, control, **kw):
-        if not state.is_world_process_zero:
-            return
-        # A resumed run replays from the checkpoint's step: rows a killed attempt wrote after it
-        # would appear twice, so the log is cut back to the checkpoint.
-        kept = [r for r in read_steps(self.path) if int(r["step"]) <= state.global_step] if state.global_step else []
-        with self.path.open("w", newline="") as f:
-            w = csv.writer(f)
-            w.writerow(self.fields())
-            w.writerows([r.get(k, "") for k in self.fields()] for r in kept)
-
-    def on_step_begin(self, args, state, control, **kw):
-        self.lrs = group_lrs(self.trainer.optimizer)
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-        self.t0 = time.perf_counter()
-
-    def on_step_end(self, args, state, control, **kw):
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-        dt = time.perf_counter() - self.t0
-        s = self.trainer.pop_step_stats()
-        if not state.is_world_process_zero:
-            return
-        row = [state.global_step, s["mode"], s["loss"], s["teacher_ce"], s["student_ce"], s["kl"],
-               s["visual_tokens"], s["text_tokens"], s["samples"], round(dt, 5), s["flops"]]
-        row += [self.lrs.get(g, math.nan) for g in group_names(self.trainer.optimizer)]
-        with self.path.open("a", newline="") as f:
-            csv.writer(f).writerow(row)
 
 
 class DualSpeedTrainer(Trainer):
@@ -339,63 +291,6 @@ def run(cfg: RunConfig) -> dict:
     return timing
 
 
-def resume_point(cfg: RunConfig, out: Path, write: bool) -> str | None:
-    """The checkpoint to continue from: `resume: auto` takes the latest one of this same config.
-
-    Checkpoints left by a run of another config (the user changed a setting and re-ran) are not
-    this run's past: they are removed, and the run starts from step 0."""
-    t = cfg.train
-    if t.resume and t.resume != "auto":
-        return t.resume
-    ckpts = out / "checkpoints"
-    if t.resume != "auto" or not ckpts.is_dir():
-        return None
-    old = out / "config.resolved.yaml"
-    same = old.is_file() and _comparable(yaml.safe_load(old.read_text())) == _comparable(cfg.to_dict())
-    if not same:
-        log.warning("%s holds checkpoints of a different config; starting from step 0", out)
-        if write:
-            shutil.rmtree(ckpts, ignore_errors=True)
-            (out / "steps.csv").unlink(missing_ok=True)
-        return None
-    last = last_complete_checkpoint(ckpts)
-    if last:
-        log.info("resuming from %s", last)
-    return last
-
-
-def last_complete_checkpoint(ckpts: Path) -> str | None:
-    """The newest checkpoint whose write finished: the Trainer writes trainer_state.json last, so a
-    job killed mid-save leaves a directory without it, which must not be resumed from."""
-    done = [d for d in ckpts.glob("checkpoint-*") if d.name.split("-")[-1].isdigit()
-            and (d / "trainer_state.json").is_file()]
-    return str(max(done, key=lambda d: int(d.name.split("-")[-1]))) if done else None
-
-
-def _comparable(d: dict) -> dict:
-    d = {**d, "train": {k: v for k, v in d.get("train", {}).items() if k != "resume"}}
-    return json.loads(json.dumps(d))
-
-
-def step_totals(steps_csv: Path, resume: str | None, runtime: float) -> dict:
-    """Totals over every step of the run, the steps of earlier (killed) attempts included: steps.csv
-    is the complete per-step record once cut back to the checkpoint. A resumed run's wall time is
-    this attempt's runtime plus the loop time of the steps it did not redo."""
-    rows = read_steps(steps_csv)
-    done = int(Path(resume).name.split("-")[-1]) if resume else 0
-    earlier = sum(float(r["step_time_s"]) for r in rows if int(r["step"]) <= done)
-    total = runtime + earlier
-    vis, txt = sum(int(r["visual_tokens"]) for r in rows), sum(int(r["text_tokens"]) for r in rows)
-    samples = sum(int(r.get("samples") or 0) for r in rows)
-    return {"train_runtime_s": total, "steps": len(rows), "loop_step_time_s": sum(float(r["step_time_s"]) for r in rows),
-            "samples": samples, "visual_tokens": vis, "text_tokens": txt,
-            "tokens_per_s": (vis + txt) / total if total else None, "samples_per_s": samples / total if total else None,
-            "mode_steps": {m: sum(r["mode"] == m for r in rows) for m in (FAST, SLOW, FULL)},
-            # FLOPs of every step on every rank (dualspeed/flops.py); rows older than the column count 0
-            "flops": sum(float(r.get("flops") or 0) for r in rows),
-            "mode_flops": {m: sum(float(r.get("flops") or 0) for r in rows if r["mode"] == m) for m in (FAST, SLOW, FULL)}}
-
-
 def ranks_hold_same_weights(trainer: Trainer) -> bool:
     """After training, every rank's trainable tensors must be equal (DDP keeps them so); a per-tensor
     checksum is gathered and compared. Skipped under ZeRO, whose ranks hold shards."""
@@ -408,13 +303,6 @@ def ranks_hold_same_weights(trainer: Trainer) -> bool:
     if not same:
         raise RuntimeError("ranks ended training with different weights")
     return same
-
-
-def read_steps(path: Path) -> list[dict]:
-    if not path.is_file():
-        return []
-    with path.open(newline="") as f:
-        return list(csv.DictReader(f))
 
 
 def export(model, tokenizer, processor, path: Path, meta: dict, write: bool):

@@ -42,7 +42,7 @@ def test_command_line_strings_become_the_schema_types():
     ({"sft__train": {"batch_size": "four"}}, "config key 'sft.train.batch_size' is 'four'; allowed: a value of type integer"),
     ({"eval__backend": "foo"}, "config key 'eval.backend' is 'foo'; allowed: one of synthetic, lmms_eval"),
     ({"grid__bogus": 1}, "unknown config key 'grid.bogus'; allowed: the keys method, methods, p, p_sweep, r, r_sweep"),
-    ({"grid__method": "nosuch"}, "config key 'grid.method' is 'nosuch', not a registered VTP method; allowed: divprune"),
+    ({"grid__method": "nosuch"}, "config key 'grid.method' is 'nosuch', not a registered VTP method; allowed: cdpruner, divprune"),
     ({"grid__methods": ["divprune", "nosuch"]}, "config key 'grid.methods' names unknown VTP method(s) ['nosuch']"),
     ({"eval__tasks": ["synth_nosuch"]}, "config key 'eval.tasks' names ['synth_nosuch'], not a local task file or a "
                                         "task of the installed lmms-eval; allowed: synth_colour"),
