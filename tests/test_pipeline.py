@@ -109,6 +109,7 @@ class FirstK(VTPMethod):
 '''
 
 
+@pytest.mark.timeout(1800)  # the whole smoke grid: 6-15 min on 2 cores, more when the machine is shared
 def test_smoke_pipeline_end_to_end_with_a_new_vtp_method(tmp_path):
     """The smoke config runs for real, and a VTP method defined only here is trained, evaluated, tabulated."""
     work = tmp_path / "wf"
@@ -157,6 +158,7 @@ def test_smoke_pipeline_end_to_end_with_a_new_vtp_method(tmp_path):
     assert "pareto.png" in html and "ablation.md" in html
 
 
+@pytest.mark.timeout(1800)
 def test_smoke_llava_next_main_table_end_to_end(tmp_path):
     """The anyres path through the whole pipeline: warm-up, pretraining and SFT of a tiny LLaVA-NeXT,
     evaluation in every mode, the main table - and nothing the table does not need."""

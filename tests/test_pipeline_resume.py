@@ -9,6 +9,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
@@ -29,6 +30,7 @@ def weights(hf):
     return {f"{f.name}:{k}": v for f in sorted(hf.glob("*.safetensors")) for k, v in load_file(f).items()}
 
 
+@pytest.mark.timeout(1800)
 def test_killed_pipeline_resumes_to_the_uninterrupted_result(tmp_path):
     work = tmp_path / "wf"
     work.mkdir()
