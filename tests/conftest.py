@@ -47,3 +47,19 @@ def batch(synth_dir, tokenizer):
     img = [i for i, r in enumerate(rows) if "image" in r][:3]
     txt = [i for i, r in enumerate(rows) if "image" not in r][:1]
     return Collator(tokenizer.pad_token_id)([ds[i] for i in img + txt])
+
+
+@pytest.fixture()
+def workflow_copy(tmp_path):
+    """A copy of what a user runs the pipeline from (Snakefile, rules, configs), in an empty directory,
+    so an end-to-end run writes nothing into the checkout."""
+    import shutil
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    work = tmp_path / "wf"
+    work.mkdir()
+    for item in ("Snakefile", "workflow", "config", "environment.yml"):
+        src = root / item
+        (shutil.copytree if src.is_dir() else shutil.copy)(src, work / item)
+    return work

@@ -2,7 +2,6 @@
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -110,13 +109,9 @@ class FirstK(VTPMethod):
 
 
 @pytest.mark.timeout(1800)  # the whole smoke grid: 6-15 min on 2 cores, more when the machine is shared
-def test_smoke_pipeline_end_to_end_with_a_new_vtp_method(tmp_path):
+def test_smoke_pipeline_end_to_end_with_a_new_vtp_method(tmp_path, workflow_copy):
     """The smoke config runs for real, and a VTP method defined only here is trained, evaluated, tabulated."""
-    work = tmp_path / "wf"
-    work.mkdir()
-    for item in ("Snakefile", "workflow", "config", "environment.yml"):
-        src = ROOT / item
-        (shutil.copytree if src.is_dir() else shutil.copy)(src, work / item)
+    work = workflow_copy
     plugin = tmp_path / "firstk.py"
     plugin.write_text(PLUGIN)
     # visionzip: a merge method reading the tower's CLS attention and keys, through the whole pipeline
@@ -159,14 +154,10 @@ def test_smoke_pipeline_end_to_end_with_a_new_vtp_method(tmp_path):
 
 
 @pytest.mark.timeout(1800)
-def test_smoke_llava_next_main_table_end_to_end(tmp_path):
+def test_smoke_llava_next_main_table_end_to_end(tmp_path, workflow_copy):
     """The anyres path through the whole pipeline: warm-up, pretraining and SFT of a tiny LLaVA-NeXT,
     evaluation in every mode, the main table - and nothing the table does not need."""
-    work = tmp_path / "wf"
-    work.mkdir()
-    for item in ("Snakefile", "workflow", "config", "environment.yml"):
-        src = ROOT / item
-        (shutil.copytree if src.is_dir() else shutil.copy)(src, work / item)
+    work = workflow_copy
     env = {"HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1",
            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
     cfg = ["--configfile", "config/smoke.yaml", "config/smoke_next.yaml"]

@@ -2,7 +2,6 @@
 ends with what an uninterrupted run of the same config gives."""
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -31,12 +30,8 @@ def weights(hf):
 
 
 @pytest.mark.timeout(1800)
-def test_killed_pipeline_resumes_to_the_uninterrupted_result(tmp_path):
-    work = tmp_path / "wf"
-    work.mkdir()
-    for item in ("Snakefile", "workflow", "config", "environment.yml"):
-        src = ROOT / item
-        (shutil.copytree if src.is_dir() else shutil.copy)(src, work / item)
+def test_killed_pipeline_resumes_to_the_uninterrupted_result(tmp_path, workflow_copy):
+    work = workflow_copy
     (work / "config" / "resume.yaml").write_text(OVERLAY)
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "DUALSPEED_CACHE": str(tmp_path / "cache"),
            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
