@@ -79,6 +79,16 @@ def export_hf(model: DualSpeedLlava, tokenizer, processor, out_dir: str | Path, 
     tmp.rename(out)
 
 
+def read_meta(path: Path) -> dict:
+    """An export's dualspeed.json ({} for a plain llava-hf checkpoint)."""
+    return json.loads((path / META_FILE).read_text()) if (path / META_FILE).is_file() else {}
+
+
+def pmod_state(extra: dict) -> dict:
+    """The p-MoD routers' state dict inside an extras file."""
+    return {k[len("pmod."):]: v for k, v in extra.items() if k.startswith("pmod.")}
+
+
 def trained_extras(meta: dict) -> list[str]:
     """Which extras of an export hold trained values (the rest are a fresh, unused init)."""
     if "trained_extras" in meta:
@@ -95,10 +105,9 @@ def carry_extras(model: DualSpeedLlava, path: str | Path) -> list[str]:
     path = Path(path)
     if not (path / EXTRA_FILE).is_file():
         return []
-    meta = json.loads((path / META_FILE).read_text()) if (path / META_FILE).is_file() else {}
     extra = load_file(path / EXTRA_FILE)
     carried = []
-    trained = trained_extras(meta)
+    trained = trained_extras(read_meta(path))
     if "isolator" in trained:
         prompt, mine = extra["isolator.prompt"], model.isolator.prompt
         if prompt.shape != mine.shape:
@@ -111,7 +120,7 @@ def carry_extras(model: DualSpeedLlava, path: str | Path) -> list[str]:
         if model.pmod is None:
             raise ValueError(f"{path} was trained with p-MoD layers: its LLM expects routed layers. Enable pmod "
                              "in this stage's config to continue from it")
-        model.pmod.load_state_dict({k[len("pmod."):]: v for k, v in extra.items() if k.startswith("pmod.")})
+        model.pmod.load_state_dict(pmod_state(extra))
         carried.append("pmod")
     return carried
 
@@ -121,7 +130,7 @@ def load_exported(path: str | Path, dtype=torch.float32, device="cpu"):
     path = Path(path)
     if not (path / "config.json").is_file():
         raise FileNotFoundError(f"{path} is not an exported checkpoint (no config.json); did training finish?")
-    meta = json.loads((path / META_FILE).read_text()) if (path / META_FILE).is_file() else {}
+    meta = read_meta(path)
     llava, processor = _load_llava(path, dtype)
     iso_len = int(meta.get("isolator_len", 4))
     model = DualSpeedLlava(llava, iso_len)
@@ -131,6 +140,6 @@ def load_exported(path: str | Path, dtype=torch.float32, device="cpu"):
         if "pmod" in meta:
             pm = meta["pmod"]
             model.enable_pmod(ratios=pm["ratios"], alpha=pm["alpha"], beta=pm["beta"])
-            model.pmod.load_state_dict({k[len("pmod."):]: v for k, v in extra.items() if k.startswith("pmod.")})
+            model.pmod.load_state_dict(pmod_state(extra))
     model.to(device=device, dtype=dtype).eval()
     return model, AutoTokenizer.from_pretrained(path), processor, meta

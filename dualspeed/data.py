@@ -10,6 +10,8 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
+from .config import ASPECT_RATIOS
+
 IMAGE_TOKEN = "<image>"
 SYSTEM_PROMPT = ("A chat between a curious human and an artificial intelligence assistant. "
                  "The assistant gives helpful, detailed, and polite answers to the human's questions.")
@@ -175,7 +177,7 @@ def default_aspect(processor) -> str:
 
 def check_aspect(processor, image_aspect_ratio: str) -> None:
     """anyres needs LLaVA-NeXT's processor, pad and crop a single-crop one: fail before any image is read."""
-    if image_aspect_ratio not in ("pad", "crop", "anyres"):
+    if image_aspect_ratio not in ASPECT_RATIOS:
         raise DataError(f"image_aspect_ratio must be pad, crop or anyres, got {image_aspect_ratio!r}")
     if is_anyres(processor) != (image_aspect_ratio == "anyres"):
         kind = "LLaVA-NeXT (anyres)" if is_anyres(processor) else "single-crop (LLaVA-1.5)"

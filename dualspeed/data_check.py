@@ -25,6 +25,7 @@ from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
 from .data import DataError, read_rows, sample_problem
+from .provenance import write_json
 
 SKIPPED_FILE = "skipped_samples.json"
 MAX_LISTED = 50  # lines of an error message; the full list goes to the run dir
@@ -76,15 +77,6 @@ def _read_cache(path: Path | None) -> dict:
         return {}  # a damaged cache only costs a re-check
 
 
-def _write_cache(path: Path | None, cache: dict) -> None:
-    if path is None:
-        return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # concurrent jobs may share one cache
-    tmp.write_text(json.dumps(cache))
-    tmp.replace(path)
-
-
 def check_images(paths: list[str], workers: int | None = None, cache_file: Path | None = None,
                  progress: bool = True) -> dict[str, str | None]:
     """Verdict per path (None = fine). Only files whose size or mtime changed since the cached
@@ -117,9 +109,9 @@ def check_images(paths: list[str], workers: int | None = None, cache_file: Path 
             verdict[p] = image_problem(p)
             bar.update()
     bar.close()
-    if todo:
+    if todo and cache_file is not None:
         cache.update({p: [*stamps[p], verdict[p]] for p in todo})
-        _write_cache(cache_file, cache)
+        write_json(cache_file, cache, indent=None)  # atomic: concurrent jobs may share one cache
     return verdict
 
 

@@ -10,8 +10,6 @@ from pathlib import Path
 import torch
 from transformers import TrainerCallback
 
-from .fastslow import FULL
-
 _STATUS, _CLEAR = Path("/proc/self/status"), Path("/proc/self/clear_refs")
 
 
@@ -50,9 +48,8 @@ class PeakMemory(TrainerCallback):
             self.per_step = _rss_reset() and self.per_step
 
     def on_step_end(self, args, state, control, **kw):
-        t = self.trainer
         # global_step has already moved past the step that just ran
-        mode = t.schedule.mode(state.global_step - 1) if t.prune is not None else FULL
+        mode = self.trainer.mode_at(state.global_step - 1)
         now = torch.cuda.max_memory_allocated() if self.cuda else _rss_peak()
         if now is not None:
             self.peak[mode] = max(self.peak.get(mode, 0), now)

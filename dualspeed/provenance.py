@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import json
+import os
 import platform
 import socket
 import subprocess
@@ -60,12 +61,13 @@ def write(run_dir: str | Path, extra: dict | None = None) -> dict:
     return info
 
 
-def write_json(path: str | Path, obj) -> str:
-    """Write JSON via a temp file and rename, so a killed job never leaves a half-written result."""
+def write_json(path: str | Path, obj, indent: int | None = 2) -> str:
+    """Write JSON via a temp file and rename, so a killed job never leaves a half-written result. The temp
+    name is the writer's own: jobs that share a file (the data check's cache) never rename each other's."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    text = json.dumps(obj, indent=2)
-    tmp = path.with_suffix(".tmp")
+    text = json.dumps(obj, indent=indent)
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
     tmp.write_text(text)
     tmp.replace(path)
     return text

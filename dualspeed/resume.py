@@ -38,12 +38,18 @@ def resume_point(cfg: RunConfig, out: Path, write: bool) -> str | None:
     return last
 
 
+def checkpoint_step(path: str | Path) -> int | None:
+    """The optimizer step of a Trainer checkpoint directory (checkpoint-<step>), or None."""
+    tail = Path(path).name.split("-")[-1]
+    return int(tail) if tail.isdigit() else None
+
+
 def last_complete_checkpoint(ckpts: Path) -> str | None:
     """The newest checkpoint whose write finished: the Trainer writes trainer_state.json last, so a
     job killed mid-save leaves a directory without it, which must not be resumed from."""
-    done = [d for d in ckpts.glob("checkpoint-*") if d.name.split("-")[-1].isdigit()
+    done = [d for d in ckpts.glob("checkpoint-*") if checkpoint_step(d) is not None
             and (d / "trainer_state.json").is_file()]
-    return str(max(done, key=lambda d: int(d.name.split("-")[-1]))) if done else None
+    return str(max(done, key=checkpoint_step)) if done else None
 
 
 def _comparable(d: dict) -> dict:

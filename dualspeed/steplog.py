@@ -10,6 +10,7 @@ import torch
 from transformers import TrainerCallback
 
 from .fastslow import FAST, FULL, SLOW
+from .resume import checkpoint_step
 from .tracking import group_lrs, group_names
 
 
@@ -71,7 +72,7 @@ def step_totals(steps_csv: Path, resume: str | None, runtime: float) -> dict:
     is the complete per-step record once cut back to the checkpoint. A resumed run's wall time is
     this attempt's runtime plus the loop time of the steps it did not redo."""
     rows = read_steps(steps_csv)
-    done = int(Path(resume).name.split("-")[-1]) if resume else 0
+    done = checkpoint_step(resume) if resume else 0
     earlier = sum(float(r["step_time_s"]) for r in rows if int(r["step"]) <= done)
     total = runtime + earlier
     vis, txt = sum(int(r["visual_tokens"]) for r in rows), sum(int(r["text_tokens"]) for r in rows)

@@ -136,12 +136,14 @@ class DualSpeedTrainer(Trainer):
         ds = train_dataset if train_dataset is not None else self.train_dataset
         return grouped_sampler(self.run_cfg.train, self.args, ds) or super()._get_train_sampler(train_dataset)
 
+    def mode_at(self, step: int) -> str:
+        """The mode of optimizer step `step` (full when this stage never prunes)."""
+        return FULL if self.prune is None else self.schedule.mode(step)
+
     def current_mode(self) -> str:
-        if self.prune is None:
-            return FULL
         # One mode per optimizer step: every micro-batch and every rank agree, and a resumed run
         # replays the same sequence because the step counter is restored from the checkpoint.
-        return self.schedule.mode(self.state.global_step)
+        return self.mode_at(self.state.global_step)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         fs = self.run_cfg.fastslow
