@@ -82,7 +82,8 @@ def pretrain_spec(cfg: dict, pt: Point) -> dict:
         "data": {"json": paths["pretrain"], "image_folder": paths.get("pretrain_image_folder", paths["image_folder"]),
                  "template": "plain", "max_length": cfg["data"].get("max_length", 2048),
                  "bad_images": cfg["data"].get("bad_images", "fail"), **preprocessing(cfg, "pretrain")},
-        "train": {**copy.deepcopy(cfg["pretrain"]["train"]), "stage": "pretrain"},
+        # the grid's seed is the run's: projector init, isolator init, data order
+        "train": {**copy.deepcopy(cfg["pretrain"]["train"]), "stage": "pretrain", "seed": pt.seed},
         "fastslow": {**stage_fastslow(pt, "pretrain", *_fs_defaults(cfg)), **_fs_extra(cfg)},
     }
 
@@ -90,7 +91,7 @@ def pretrain_spec(cfg: dict, pt: Point) -> dict:
 def sft_spec(cfg: dict, pt: Point) -> dict:
     paths = data_paths(cfg)
     pmod = copy.deepcopy(cfg.get("pmod", {}))
-    train = {**copy.deepcopy(cfg["sft"]["train"]), "stage": "sft"}
+    train = {**copy.deepcopy(cfg["sft"]["train"]), "stage": "sft", "seed": pt.seed}
     own = pmod.pop("train", {})  # p-MoD's own SFT recipe (full fine-tune, LR 2e-5) where it differs
     if pt.settings["pmod"]:
         train.update(copy.deepcopy(own))

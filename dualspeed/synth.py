@@ -43,7 +43,9 @@ class SynthConfig:
     n_sft: int = 6000  # questions, each about its own image, the four tasks in turn
     n_text_only: int = 300
     n_eval: int = 200  # per task
-    warmup_qa: int = 2  # questions per warm-up image beside its caption (an "instruction-tuned" foundation)
+    # questions of the evaluated types per warm-up image beside its caption. 0: the warm-up plays the role of
+    # CLIP's and Vicuna's own pretraining (captions and text only), and SFT is where the skills are learned
+    warmup_qa: int = 0
 
 
 # Colour and position questions are asked about single-object images: the tiny model then has to find

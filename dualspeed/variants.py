@@ -1,12 +1,14 @@
 """The paper's variants as settings of the one training loop, and the run matrix built from them.
 
-A point of the grid is (variant, method, p, r). Settings a variant ignores are canonicalised
+A point of the grid is (variant, method, p, r, seed). Settings a variant ignores are canonicalised
 (baseline -> method 'none', p 0, r 0; no slow mode -> r 0) so that identical trainings share one
-run directory, and pretraining runs are keyed only by what pretraining sees.
+run directory, and pretraining runs are keyed only by what pretraining sees - and by the seed: a seed
+never shares a pretraining run with another. A table's row is a point at seed 0 (`row`); the seeds it
+is trained with come from `grid.seeds` (`point_seeds`).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 # per variant: pretraining (prune, isolator) and SFT (prune, fast-slow, isolator, distill, p-MoD layers)
 VARIANTS = {
@@ -41,10 +43,24 @@ class Point:
     method: str
     p: float
     r: float
+    seed: int = 0
 
     @property
     def path(self) -> str:
-        return f"{self.variant}/{self.method}/p{fmt(self.p)}/r{fmt(self.r)}"
+        return f"{self.variant}/{self.method}/p{fmt(self.p)}/r{fmt(self.r)}/s{self.seed}"
+
+    @property
+    def row(self) -> "Point":
+        """The same point at seed 0: what a table row names."""
+        return replace(self, seed=0)
+
+    def with_seed(self, seed: int) -> "Point":
+        return replace(self, seed=int(seed))
+
+    @property
+    def has_isolator(self) -> bool:
+        """Whether the run trains an isolator that pruned inference would prepend."""
+        return self.settings["iso"] or self.settings["pre_iso"]
 
     @property
     def settings(self) -> dict:
@@ -54,8 +70,8 @@ class Point:
     def pretrain_tag(self) -> str:
         s = self.settings
         if not s["pre_prune"]:
-            return "full"
-        return f"{self.method}_p{fmt(self.p)}_{'iso' if s['pre_iso'] else 'noiso'}"
+            return f"full_s{self.seed}"
+        return f"{self.method}_p{fmt(self.p)}_{'iso' if s['pre_iso'] else 'noiso'}_s{self.seed}"
 
 
 def fmt(x: float) -> str:
@@ -63,13 +79,13 @@ def fmt(x: float) -> str:
     return f"{float(x):g}"
 
 
-def point(variant: str, method: str, p: float, r: float) -> Point:
+def point(variant: str, method: str, p: float, r: float, seed: int = 0) -> Point:
     if variant not in VARIANTS:
         raise KeyError(f"unknown variant '{variant}'; known: {', '.join(VARIANTS)}")
     s = VARIANTS[variant]
     if not (s["pre_prune"] or s["sft_prune"]):
-        return Point(variant, "none", 0.0, 0.0)
-    return Point(variant, method, float(p), float(r) if s["fast_slow"] else 0.0)
+        return Point(variant, "none", 0.0, 0.0, int(seed))
+    return Point(variant, method, float(p), float(r) if s["fast_slow"] else 0.0, int(seed))
 
 
 def stage_fastslow(pt: Point, stage: str, isolator_len: int, tau: float, lam: float) -> dict:
@@ -104,11 +120,52 @@ def table_points(grid: dict) -> dict[str, list[Point]]:
     }
 
 
+# Tables that the findings table reads; it lists their rows.
+FINDINGS_TABLES = ("mismatch", "ablation", "per_stage", "p_sweep", "r_sweep")
+
+
+def all_tables(grid: dict) -> dict[str, list[Point]]:
+    """Every table the pipeline renders and its rows: the paper's tables and the findings table."""
+    tables = table_points(grid)
+    tables["findings"] = sorted({pt for name in FINDINGS_TABLES for pt in tables[name]})
+    return tables
+
+
+def seeds(grid: dict) -> list[int]:
+    return [int(s) for s in grid.get("seeds", [0])]
+
+
+def point_seeds(grid: dict) -> dict[Point, list[int]]:
+    """row -> the seeds it is trained with: every seed for a row of a table in `grid.seeded_tables`, the
+    first seed otherwise. A row shared by several tables is reported with every seed it has."""
+    all_seeds, seeded = seeds(grid), set(grid.get("seeded_tables", []))
+    out: dict[Point, set[int]] = {}
+    for name, pts in table_points(grid).items():
+        for pt in pts:
+            out.setdefault(pt, set()).update(all_seeds if name in seeded else all_seeds[:1])
+    return {pt: sorted(s) for pt, s in out.items()}
+
+
+def baseline_row(grid: dict) -> Point:
+    return point("baseline", grid["method"], grid["p"], grid["r"])
+
+
+def metrics_relpath(pt: Point, mode: str) -> str:
+    """The metrics file of one run under one inference mode, relative to results_dir. Pruned inference
+    without the isolator is pruned inference for a run that trained none: one evaluation, not two."""
+    if mode == "pruned_noiso" and not pt.has_isolator:
+        mode = "pruned"
+    return f"metrics/{pt.path}/{mode}.json"
+
+
 def vtp_inference_paths(grid: dict) -> dict[str, str]:
-    """method -> the metrics file of the baseline checkpoint under pruned inference with it at the grid's p,
-    relative to results_dir."""
-    return {mm: f"vtp_inference/{mm}/p{fmt(grid['p'])}.json" for mm in grid["methods"]}
+    """method -> the metrics file of the baseline checkpoint (first seed) under pruned inference with it at the
+    grid's p, relative to results_dir. The grid's own method is the baseline's pruned evaluation."""
+    base = baseline_row(grid).with_seed(seeds(grid)[0])
+    return {mm: (metrics_relpath(base, "pruned") if mm == grid["method"] else f"vtp_inference/{mm}/p{fmt(grid['p'])}.json")
+            for mm in grid["methods"]}
 
 
 def all_points(grid: dict) -> list[Point]:
-    return sorted({pt for pts in table_points(grid).values() for pt in pts})
+    """Every training of the grid, each seed its own."""
+    return sorted(pt.with_seed(s) for pt, ss in point_seeds(grid).items() for s in ss)

@@ -123,29 +123,43 @@ def test_smoke_pipeline_end_to_end_with_a_new_vtp_method(tmp_path, workflow_copy
     res = work / "results" / "smoke"
     methods = (res / "tables" / "methods.csv").read_text()
     assert "firstk" in methods and "divprune" in methods
-    m = json.loads((res / "metrics" / "dualspeed" / "firstk" / "p0.9" / "r0.1" / "pruned.json").read_text())
+    m = json.loads((res / "metrics" / "dualspeed" / "firstk" / "p0.9" / "r0.1" / "s0" / "pruned.json").read_text())
     assert m["vtp_method"] == "firstk" and m["visual_tokens_per_sample"] == 6 + 4
-    assert json.loads((res / "metrics" / "dualspeed" / "firstk" / "p0.9" / "r0.1" / "normal.json").read_text())[
+    assert json.loads((res / "metrics" / "dualspeed" / "firstk" / "p0.9" / "r0.1" / "s0" / "normal.json").read_text())[
         "visual_tokens_per_sample"] == 64
-    zipped = json.loads((res / "metrics" / "dualspeed" / "visionzip" / "p0.9" / "r0.1" / "pruned.json").read_text())
+    zipped = json.loads((res / "metrics" / "dualspeed" / "visionzip" / "p0.9" / "r0.1" / "s0" / "pruned.json").read_text())
     assert zipped["vtp"]["kind"] == "merge" and zipped["visual_tokens_per_sample"] == 6 + 4
     # training-free: the baseline checkpoint pruned with each method, no isolator (it never trained one)
     free = json.loads((res / "vtp_inference" / "firstk" / "p0.9.json").read_text())
     assert free["vtp_method"] == "firstk" and free["visual_tokens_per_sample"] == 6 and not free["isolator"]
     rows = (res / "tables" / "vtp_inference.csv").read_text()
     assert all(m in rows for m in ("divprune", "firstk", "visionzip"))
-    for t in ("main", "mismatch", "ablation", "per_stage", "methods", "vtp_inference", "p_sweep", "r_sweep"):
+    # seeds: the mismatch table's rows (baseline, NaivePrune, DualSpeed) run twice, each seed with its own
+    # pretraining; their rows report a mean and an interval, the others a single seed
+    for seed in (0, 1):
+        for tag in ("full", "divprune_p0.9_noiso", "divprune_p0.9_iso"):
+            assert (work / "runs" / "smoke" / "pretrain" / f"{tag}_s{seed}" / "hf").is_dir()
+    assert not (work / "runs" / "smoke" / "sft" / "fastslow" / "divprune" / "p0.9" / "r0.1" / "s1").exists()
+    mism = (res / "tables" / "mismatch.csv").read_text().splitlines()
+    assert mism[0].split(",")[:3] == ["run", "seeds", "normal %"] and "normal % ±95" in mism[0]
+    assert all(",0 1," in row for row in mism[1:])
+    assert "±" in (res / "tables" / "main.md").read_text()
+    findings = (res / "tables" / "findings.md").read_text()
+    assert "training-inference mismatch" in findings and "| A > B " in findings
+    assert re.search(r"\| (reproduced|not reproduced|inconclusive[^|]*) +\|", findings)
+    for t in ("main", "mismatch", "ablation", "per_stage", "methods", "vtp_inference", "p_sweep", "r_sweep",
+              "findings"):
         for ext in ("md", "csv", "tex"):
             assert (res / "tables" / f"{t}.{ext}").stat().st_size > 0
     figs = work / "paper_figures" / "smoke"
     for f in ("pareto", "curves", "speedup"):
         assert (figs / f"{f}.png").stat().st_size > 10_000 and (figs / f"{f}.pdf").is_file()
-    run = work / "runs" / "smoke" / "sft" / "dualspeed" / "divprune" / "p0.9" / "r0.1"
+    run = work / "runs" / "smoke" / "sft" / "dualspeed" / "divprune" / "p0.9" / "r0.1" / "s0"
     for name in ("config.resolved.yaml", "provenance.json", "steps.csv", "timing.json"):
         assert (run / name).is_file()
     # the p-MoD comparison row: trained on the baseline's pretraining, exported with its routers
     assert "p-MoD" in (res / "tables" / "main.md").read_text()
-    pmod_hf = work / "runs" / "smoke" / "sft" / "pmod" / "none" / "p0" / "r0" / "hf"
+    pmod_hf = work / "runs" / "smoke" / "sft" / "pmod" / "none" / "p0" / "r0" / "s0" / "hf"
     assert json.loads((pmod_hf / "dualspeed.json").read_text())["pmod"]["ratios"] == [None, 0.15]
     assert list((work / "logs" / "smoke" / "sft").rglob("*.log")) and list((work / "benchmarks").rglob("*.tsv"))
     smk("--configfile", "config/smoke.yaml", "config/smoke_plus.yaml", "--report", "report.html", cwd=work, env=env)
@@ -165,9 +179,9 @@ def test_smoke_llava_next_main_table_end_to_end(tmp_path, workflow_copy):
     res = work / "results" / "smoke-next"
     main = (res / "tables" / "main.md").read_text()
     assert "dualspeed (divprune, p=0.9 r=0.1)" in main and "LLaVA-NeXT-7B numbers" in main and "99.04" in main
-    run = work / "runs" / "smoke-next" / "sft" / "dualspeed" / "divprune" / "p0.9" / "r0.1"
+    run = work / "runs" / "smoke-next" / "sft" / "dualspeed" / "divprune" / "p0.9" / "r0.1" / "s0"
     assert json.loads((run / "hf" / "config.json").read_text())["model_type"] == "llava_next"
-    metrics = res / "metrics" / "dualspeed" / "divprune" / "p0.9" / "r0.1"
+    metrics = res / "metrics" / "dualspeed" / "divprune" / "p0.9" / "r0.1" / "s0"
     # 5 crops x 16 tokens: packed with 8 row newlines unpruned; each crop keeps floor(0.1 * 16) = 1 pruned
     assert json.loads((metrics / "normal.json").read_text())["visual_tokens_per_sample"] == 5 * 16 + 8
     assert json.loads((metrics / "pruned.json").read_text())["visual_tokens_per_sample"] == 5 * 1 + 4

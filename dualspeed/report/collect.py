@@ -4,6 +4,10 @@ Relative performance (the paper's): mean over benchmarks of score / baseline sco
 inference, in %. Speedup (the paper's): baseline wall time / variant wall time, per stage
 (pretraining, SFT) and overall (their sum). Wall time is the training loop's runtime from
 timing.json; the tiny recipe's warm-up stage is shared by every run and left out.
+
+Seeds: the baseline's reference (its scores, times and FLOPs) is its mean over its seeds; each seed
+of a row is scored against that reference, and the row reports the mean and 95% interval over its
+seeds (`stats.stat`).
 """
 from __future__ import annotations
 
@@ -11,7 +15,8 @@ import json
 from pathlib import Path
 
 from .. import recipe
-from ..variants import Point, point
+from ..variants import Point, baseline_row, metrics_relpath, point_seeds
+from .stats import Pooled, Stat, stat
 
 
 class MissingRun(FileNotFoundError):
@@ -25,7 +30,7 @@ def _read(path: Path, pt: Point, what: str) -> dict:
 
 
 def metrics(cfg: dict, pt: Point, mode: str) -> dict:
-    return _read(Path(cfg["results_dir"]) / "metrics" / pt.path / f"{mode}.json", pt, f"metrics for mode '{mode}'")
+    return _read(Path(cfg["results_dir"]) / metrics_relpath(pt, mode), pt, f"metrics for mode '{mode}'")
 
 
 def vtp_metrics(cfg: dict, path: str) -> dict:
@@ -49,23 +54,46 @@ def timings(cfg: dict, pt: Point) -> dict:
 
 
 def baseline(cfg: dict) -> Point:
-    g = cfg["grid"]
-    return point("baseline", g["method"], g["p"], g["r"])
+    return baseline_row(cfg["grid"])
+
+
+def _mean_dicts(ds: list[dict]) -> dict:
+    return {k: (None if any(d[k] is None for d in ds) else sum(d[k] for d in ds) / len(ds)) for k in ds[0]}
 
 
 class Scorer:
-    """Relative performance and speedups against the config's baseline run."""
+    """Relative performance and speedups against the config's baseline (the mean of its seeds)."""
 
     def __init__(self, cfg: dict):
         self.cfg = cfg
+        self.seeds = point_seeds(cfg["grid"])
         b = baseline(cfg)
-        self.base_scores = metrics(cfg, b, "normal")["scores"]
-        self.base_time = timings(cfg, b)
+        runs = [b.with_seed(s) for s in self.seeds_of(b)]
+        self.base_scores = _mean_dicts([metrics(cfg, r, "normal")["scores"] for r in runs])
+        self.base_time = _mean_dicts([timings(cfg, r) for r in runs])
         # A ratio to a zero baseline score is undefined: such benchmarks are left out (and named).
         self.excluded = sorted(k for k, v in self.base_scores.items() if v <= 0)
         self.benchmarks = sorted(k for k, v in self.base_scores.items() if v > 0)
         if not self.benchmarks:
             raise ValueError(f"the baseline run {b.path} scores 0 on every benchmark: relative performance is undefined")
+
+    def seeds_of(self, row: Point) -> list[int]:
+        """The seeds of a row; a row outside the config's tables (a user's own point) has the first seed."""
+        return self.seeds.get(row.row, [int(self.cfg["grid"].get("seeds", [0])[0])])
+
+    def runs(self, row: Point) -> list[Point]:
+        return [row.row.with_seed(s) for s in self.seeds_of(row)]
+
+    def rel_stat(self, row: Point, mode: str = "normal") -> Stat:
+        return stat([self.rel_perf(pt, mode) for pt in self.runs(row)])
+
+    def speed_stats(self, row: Point) -> dict[str, Stat | None]:
+        per = [self.speedups(pt) for pt in self.runs(row)]
+        return {k: (None if any(d[k] is None for d in per) else stat([d[k] for d in per])) for k in per[0]}
+
+    def pooled(self, rows, mode: str = "normal") -> Pooled:
+        """Seed-to-seed spread of relative performance pooled over the given rows that have >= 2 seeds."""
+        return Pooled.of([self.rel_stat(r, mode).values for r in rows if len(self.seeds_of(r)) >= 2])
 
     def rel_perf(self, pt: Point, mode: str = "normal") -> float:
         return self.rel_perf_of(metrics(self.cfg, pt, mode)["scores"], f"{pt.path} ({mode})")

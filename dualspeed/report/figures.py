@@ -57,6 +57,27 @@ def place_labels(ax, items: list[tuple[tuple[float, float], str]], marker_px: fl
             ann.remove()
 
 
+def _xy(sc: Scorer, pt) -> dict:
+    """Compute speedup (noise-free, the point's x), measured speedup, and relative performance with its interval."""
+    sp, rel = sc.speed_stats(pt), sc.rel_stat(pt)
+    compute = sp["compute_speedup_overall"]
+    return {"x": compute.mean if compute else sp["speedup_overall"].mean, "measured": sp["speedup_overall"],
+            "y": rel.mean, "yerr": rel.half or 0.0}
+
+
+def _scatter(ax, pts: list[dict], marker: str, size: float, label: str, **kw):
+    """Filled marker at the compute speedup with the 95% interval of performance; a hollow one of the same
+    colour at the measured wall-clock speedup (its own interval as a horizontal bar), joined by a thin line."""
+    xs, ys = [d["x"] for d in pts], [d["y"] for d in pts]
+    h = ax.errorbar(xs, ys, yerr=[d["yerr"] for d in pts], fmt=marker, ms=size, capsize=2, label=label, **kw)
+    colour = h[0].get_color()
+    mx = [d["measured"].mean for d in pts]
+    ax.errorbar(mx, ys, xerr=[d["measured"].half or 0.0 for d in pts], fmt=marker, ms=size * 0.8, mfc="none",
+                color=colour, capsize=2, alpha=0.7)
+    for d, m in zip(pts, mx):
+        ax.plot([d["x"], m], [d["y"], d["y"]], color=colour, lw=0.6, alpha=0.5)
+
+
 def pareto(cfg: dict, ax):
     sc = Scorer(cfg)
     tp = table_points(cfg["grid"])
@@ -64,24 +85,25 @@ def pareto(cfg: dict, ax):
               "r sweep (p fixed)": [p for p in tp["r_sweep"] if p.variant == "dualspeed"]}
     allxy, labels = [], {}
     for (label, pts), marker in zip(series.items(), ("o", "s")):
-        xy = [(sc.speedups(pt)["speedup_overall"], sc.rel_perf(pt)) for pt in pts]
-        allxy += xy
-        ax.scatter([x for x, _ in xy], [y for _, y in xy], marker=marker, s=50, label=f"DualSpeed, {label}")
-        labels.update({pt: xy_ for xy_, pt in zip(xy, pts)})  # the default point sits in both sweeps: one label
+        ds = [_xy(sc, pt) for pt in pts]
+        allxy += [(d["x"], d["y"]) for d in ds]
+        _scatter(ax, ds, marker, 7, f"DualSpeed, {label}")
+        labels.update({pt: (d["x"], d["y"]) for d, pt in zip(ds, pts)})  # the default point is in both: one label
     for v, marker in (("baseline", "*"), ("naiveprune", "X"), ("pmod", "D")):
         pt = next((p for p in tp["main"] if p.variant == v), None)
         if pt is None:
             continue
-        xy = (sc.speedups(pt)["speedup_overall"], sc.rel_perf(pt))
+        d = _xy(sc, pt)
         if v != "pmod":  # the frontier is over this paper's own variants; p-MoD is the comparison point
-            allxy.append(xy)
-        ax.scatter(*xy, marker=marker, s=120 if v != "pmod" else 70, label="p-MoD" if v == "pmod" else v)
+            allxy.append((d["x"], d["y"]))
+        _scatter(ax, [d], marker, 11 if v != "pmod" else 8, "p-MoD" if v == "pmod" else v)
     front = pareto_front(allxy)
-    ax.plot([x for x, _ in front], [y for _, y in front], "k--", lw=1, label="Pareto frontier (ours)")
+    ax.plot([x for x, _ in front], [y for _, y in front], "k--", lw=1, label="Pareto frontier (compute speedup)")
     ref = paper_reference()["pareto_point_llava_next" if is_llava_next(cfg) else "pareto_point"]
     ax.scatter(ref["speedup"], ref["rel_perf"], marker="P", s=140, c="red", label=ref["label"])
-    ax.set_xlabel("training speedup over baseline (x)")
-    ax.set_ylabel("relative performance, normal inference (%)")
+    ax.scatter([], [], marker="o", facecolors="none", edgecolors="grey", label="hollow: measured wall-clock speedup")
+    ax.set_xlabel("training speedup over baseline (x): compute (training FLOPs), filled")
+    ax.set_ylabel("relative performance, normal inference (%), 95% CI")
     ax.set_title("Speed-performance trade-off over p and r")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="lower left")
@@ -118,17 +140,19 @@ def curves(cfg: dict, fig):
 def speedup(cfg: dict, ax):
     sc = Scorer(cfg)
     tp = table_points(cfg["grid"])
-    pts = sorted(set(tp["main"] + tp["ablation"] + tp["per_stage"]), key=lambda p: sc.speedups(p)["speedup_overall"])
-    names = [p.variant for p in pts]
-    sp = [sc.speedups(p) for p in pts]
-    width = 0.27
+    stats = {p: sc.speed_stats(p) for p in set(tp["main"] + tp["ablation"] + tp["per_stage"])}
+    pts = sorted(stats, key=lambda p: stats[p]["speedup_overall"].mean)
+    width = 0.2
     xs = range(len(pts))
-    for i, (key, label) in enumerate((("speedup_pretrain", "pretraining"), ("speedup_sft", "SFT"),
-                                      ("speedup_overall", "overall"))):
-        ax.bar([x + (i - 1) * width for x in xs], [s[key] for s in sp], width, label=label)
+    bars = (("speedup_pretrain", "pretraining"), ("speedup_sft", "SFT"), ("speedup_overall", "overall"),
+            ("compute_speedup_overall", "overall, compute (FLOPs)"))
+    for i, (key, label) in enumerate(bars):
+        vals = [stats[p][key] for p in pts]
+        ax.bar([x + (i - 1.5) * width for x in xs], [v.mean if v else 0.0 for v in vals], width,
+               yerr=[(v.half or 0.0) if v else 0.0 for v in vals], capsize=2, label=label)
     ax.axhline(1.0, color="k", lw=0.8)
-    ax.set_xticks(list(xs), names, rotation=30, ha="right", fontsize=8)
-    ax.set_ylabel("speedup over baseline (x)")
+    ax.set_xticks(list(xs), [p.variant for p in pts], rotation=30, ha="right", fontsize=8)
+    ax.set_ylabel("speedup over baseline (x), 95% CI over seeds")
     ax.set_title("Training speedup per stage")
     ax.legend(fontsize=8)
     ax.grid(axis="y", alpha=0.3)

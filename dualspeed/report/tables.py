@@ -14,6 +14,7 @@ import yaml
 
 from ..variants import DESCRIPTIONS, table_points, vtp_inference_paths
 from .collect import Scorer, metrics, vtp_metrics
+from .stats import Stat, diff, stat
 
 REL = ("Relative performance = mean over benchmarks of (score / baseline score under normal inference), in %.")
 SPD = ("Speedup = baseline training wall time / variant wall time, per stage and overall "
@@ -55,7 +56,27 @@ def _label(pt) -> str:
     return f"{pt.variant} ({pt.method}, p={pt.p:g}{extra})"
 
 
+SEEDS = ("Each cell is the mean over the row's seeds ± the half-width of its 95% t-interval (no interval: one "
+         "seed); the seeds of each row are in the CSV's 'seeds' column.")
+DELTA = ("'Δ vs previous' is the difference in normal-inference relative performance from the row above with its "
+         "95% interval (Welch's; for a one-seed row, the seed-to-seed spread pooled over this table's seeded rows); "
+         "* marks an interval that excludes 0, a difference outside the run-to-run noise.")
+
+
+def _seeds(sc: Scorer, pt) -> str:
+    return " ".join(str(s) for s in sc.seeds_of(pt))
+
+
+def _score_stats(cfg: dict, sc: Scorer, pt) -> dict:
+    per = [metrics(cfg, run, "normal")["scores"] for run in sc.runs(pt)]
+    return {k: stat([d[k] for d in per]) for k in per[0]}
+
+
 def build(cfg: dict, name: str) -> tuple[pd.DataFrame, str]:
+    if name == "findings":
+        from .findings import findings_table
+
+        return findings_table(cfg)
     pts = table_points(cfg["grid"])[name]
     sc = Scorer(cfg)
     ref = paper_reference()
@@ -65,10 +86,9 @@ def build(cfg: dict, name: str) -> tuple[pd.DataFrame, str]:
     if name == "main":
         main_ref = _main_reference(ref, cfg)
         for pt in pts:
-            m = metrics(cfg, pt, "normal")
-            sp = sc.speedups(pt)
-            rows.append({"run": _label(pt), **{k: round(v, 2) for k, v in m["scores"].items()},
-                         "rel. perf. %": sc.rel_perf(pt), "pretrain s": sp["pretrain_s"], "SFT s": sp["sft_s"],
+            sp = sc.speed_stats(pt)
+            rows.append({"run": _label(pt), "seeds": _seeds(sc, pt), **_score_stats(cfg, sc, pt),
+                         "rel. perf. %": sc.rel_stat(pt), "pretrain s": sp["pretrain_s"], "SFT s": sp["sft_s"],
                          "speedup pretrain": sp["speedup_pretrain"], "speedup SFT": sp["speedup_sft"],
                          "speedup overall": sp["speedup_overall"], "compute speedup SFT": sp["compute_speedup_sft"],
                          "compute speedup overall": sp["compute_speedup_overall"],
@@ -76,42 +96,50 @@ def build(cfg: dict, name: str) -> tuple[pd.DataFrame, str]:
                          "paper rel. perf. %": main_ref.get(pt.variant, {}).get("rel_perf"),
                          "paper speedup": main_ref.get(pt.variant, {}).get("speedup_overall")})
         caption = (f"Main results (normal inference). {REL} {SPD} {COMPUTE} Peak memory: the largest SFT step's "
-                   f"(CUDA: allocated; CPU: the process's peak RSS). {PAPER_NEXT if is_llava_next(cfg) else PAPER} {PMOD}")
+                   f"(CUDA: allocated; CPU: the process's peak RSS). {SEEDS} "
+                   f"{PAPER_NEXT if is_llava_next(cfg) else PAPER} {PMOD}")
     elif name == "mismatch":
         for pt in pts:
-            row = {"run": _label(pt)}
+            row = {"run": _label(pt), "seeds": _seeds(sc, pt)}
             for mode in modes:
-                row[f"{mode} %"] = sc.rel_perf(pt, mode)
+                row[f"{mode} %"] = sc.rel_stat(pt, mode)
                 row[f"paper {mode} %"] = ref["mismatch"].get(pt.variant, {}).get(mode)
             rows.append(row)
         caption = (f"Training-inference mismatch: each run under normal inference, pruned inference (the run's VTP "
-                   f"method and p, with the isolator) and pruned inference without the isolator. {REL} {paper}")
+                   f"method and p, with the isolator) and pruned inference without the isolator (the same evaluation "
+                   f"as pruned for a run that trained no isolator). {REL} {SEEDS} {paper}")
     elif name in ("ablation", "per_stage"):
+        pooled = sc.pooled(pts)
+        prev = None
         for pt in pts:
-            sp = sc.speedups(pt)
-            row = {"run": _label(pt), "what": DESCRIPTIONS[pt.variant]}
-            row.update({f"{mode} %": sc.rel_perf(pt, mode) for mode in modes})
+            sp = sc.speed_stats(pt)
+            cur = sc.rel_stat(pt)
+            row = {"run": _label(pt), "what": DESCRIPTIONS[pt.variant], "seeds": _seeds(sc, pt)}
+            row.update({f"{mode} %": sc.rel_stat(pt, mode) for mode in modes})
+            row["Δ vs previous"] = diff(cur, prev, pooled).fmt() if prev is not None else None
             row["speedup overall"] = sp["speedup_overall"]
             row["compute speedup overall"] = sp["compute_speedup_overall"]
             row["paper normal %"] = ref[name].get(pt.variant)
             rows.append(row)
+            prev = cur
         caption = ("Component ablation: NaivePrune -> + fast-slow -> + isolator -> + distillation (= DualSpeed), "
                    "and DualSpeed without the isolator. " if name == "ablation" else
-                   "VTP per stage: none, pretraining only, SFT only, both (= NaivePrune). ") + f"{REL} {SPD} {COMPUTE} {paper}"
+                   "VTP per stage: none, pretraining only, SFT only, both (= NaivePrune). ") + \
+            f"{REL} {SPD} {COMPUTE} {SEEDS} {DELTA} {paper}"
     elif name == "vtp_inference":
         rows, caption = _vtp_inference(cfg, pts, sc)
     else:
         for pt in pts:
-            sp = sc.speedups(pt)
-            row = {"run": _label(pt), "method": pt.method, "p": pt.p, "r": pt.r}
-            row.update({f"{mode} %": sc.rel_perf(pt, mode) for mode in modes})
+            sp = sc.speed_stats(pt)
+            row = {"run": _label(pt), "method": pt.method, "p": pt.p, "r": pt.r, "seeds": _seeds(sc, pt)}
+            row.update({f"{mode} %": sc.rel_stat(pt, mode) for mode in modes})
             row.update({"speedup pretrain": sp["speedup_pretrain"], "speedup SFT": sp["speedup_sft"],
                         "speedup overall": sp["speedup_overall"], "compute speedup overall": sp["compute_speedup_overall"]})
             rows.append(row)
         what = {"methods": "VTP method comparison (DualSpeed with each registered method)",
                 "p_sweep": f"Sweep of the pruning ratio p (DualSpeed). Paper: {ref['sweeps']['p']}",
                 "r_sweep": f"Sweep of the slow-mode probability r (DualSpeed). Paper: {ref['sweeps']['r']}"}[name]
-        caption = f"{what}. {REL} {SPD} {COMPUTE}"
+        caption = f"{what}. {REL} {SPD} {COMPUTE} {SEEDS}"
     if sc.excluded:
         caption += f" Left out of relative performance (baseline scores 0): {', '.join(sc.excluded)}."
     return pd.DataFrame(rows), caption
@@ -128,22 +156,43 @@ def _vtp_inference(cfg: dict, pts, sc: Scorer) -> tuple[list[dict], str]:
         vtp_info = m.get("vtp") or {}
         rows.append({"method": method, "kind": vtp_info.get("kind"), "visual tokens": m.get("visual_tokens_per_sample"),
                      "baseline pruned %": sc.rel_perf_of(m["scores"], path),
-                     "DualSpeed pruned %": sc.rel_perf(trained[method], "pruned"),
-                     "DualSpeed normal %": sc.rel_perf(trained[method], "normal")})
-    caption = (f"VTP methods at p={g['p']:g}: training-free (the baseline checkpoint under pruned inference, the "
-               f"classic comparison) beside DualSpeed trained with the same method, under the same pruned inference "
-               f"and under normal inference. {REL}")
+                     "DualSpeed seeds": _seeds(sc, trained[method]),
+                     "DualSpeed pruned %": sc.rel_stat(trained[method], "pruned"),
+                     "DualSpeed normal %": sc.rel_stat(trained[method], "normal")})
+    caption = (f"VTP methods at p={g['p']:g}: training-free (the baseline checkpoint of the first seed under pruned "
+               f"inference, the classic comparison) beside DualSpeed trained with the same method, under the same "
+               f"pruned inference and under normal inference. {REL} {SEEDS}")
     return rows, caption
+
+
+def _cell(v, digits: int = 2):
+    if isinstance(v, Stat):
+        return v.fmt(digits)
+    if isinstance(v, float):
+        return f"{v:.{digits}f}"
+    return "-" if v is None else v
+
+
+def _numeric(df: pd.DataFrame) -> pd.DataFrame:
+    """The CSV: a Stat column becomes its mean and its interval's half-width ('<col> ±95')."""
+    out = {}
+    for col in df.columns:
+        vals = list(df[col])
+        if any(isinstance(v, Stat) for v in vals):
+            out[col] = [v.mean if isinstance(v, Stat) else v for v in vals]
+            out[f"{col} ±95"] = [v.half if isinstance(v, Stat) else None for v in vals]
+        else:
+            out[col] = vals
+    return pd.DataFrame(out).round(4)
 
 
 def write(df: pd.DataFrame, caption: str, prefix: Path) -> None:
     prefix.parent.mkdir(parents=True, exist_ok=True)
-    df = df.round(2)
-    prefix.with_suffix(".csv").write_text(df.to_csv(index=False))
-    md = df.to_markdown(index=False, floatfmt=".2f").replace(" nan ", " - ")
+    prefix.with_suffix(".csv").write_text(_numeric(df).to_csv(index=False))
+    shown = df.map(_cell)
+    md = shown.to_markdown(index=False, disable_numparse=True)
     prefix.with_suffix(".md").write_text(f"**{prefix.stem}.** {caption}\n\n{md}\n")
-    tex = df.to_latex(index=False, float_format="%.2f", na_rep="-", caption=caption, label=f"tab:{prefix.stem}",
-                      escape=True)
+    tex = shown.to_latex(index=False, caption=caption, label=f"tab:{prefix.stem}", escape=True)
     prefix.with_suffix(".tex").write_text(tex)
 
 

@@ -8,7 +8,8 @@ import yaml
 from snakemake.utils import validate
 
 from dualspeed import plan_check, recipe
-from dualspeed.variants import INFERENCE_MODES, VARIANTS, fmt, point, table_points, vtp_inference_paths
+from dualspeed.variants import (INFERENCE_MODES, VARIANTS, all_points, all_tables, baseline_row, fmt,
+                                metrics_relpath, point, point_seeds, seeds, vtp_inference_paths)
 
 # command-line values coerced to the schema's types; key path, value and what is allowed on the
 # first line of any error; VTP methods and evaluation tasks checked before a job is planned
@@ -23,8 +24,9 @@ RECIPE = config["recipe"]
 RUNS = config["runs_dir"]
 RES = config["results_dir"]
 FIGS = config["figures_dir"]
-TABLES = table_points(GRID)
-POINTS = sorted({pt for pts in TABLES.values() for pt in pts})
+TABLES = all_tables(GRID)
+SEEDS = point_seeds(GRID)  # row -> its seeds
+POINTS = all_points(GRID)  # every training, each seed its own
 PRETRAIN = {pt.pretrain_tag: pt for pt in sorted(POINTS, reverse=True)}
 MODES = config["eval"]["modes"]
 THREADS = config.get("threads", {"train": 1, "eval": 1})
@@ -41,13 +43,14 @@ wildcard_constraints:
     r=_alt([fmt(pt.r) for pt in POINTS]),
     mode=_alt(INFERENCE_MODES),
     ptag=_alt(PRETRAIN),
+    seed=_alt([str(pt.seed) for pt in POINTS]),
     table=_alt(TABLES),
 
 
 def wc_point(wc):
     """The grid point named by the wildcards; non-canonical spellings are refused with the right one."""
-    pt = point(wc.variant, wc.method, float(wc.p), float(wc.r))
-    asked = f"{wc.variant}/{wc.method}/p{wc.p}/r{wc.r}"
+    pt = point(wc.variant, wc.method, float(wc.p), float(wc.r), int(wc.seed))
+    asked = f"{wc.variant}/{wc.method}/p{wc.p}/r{wc.r}/s{wc.seed}"
     if pt.path != asked:
         raise ValueError(f"'{asked}' is not a canonical grid point; the same training is '{pt.path}'")
     return pt
@@ -76,7 +79,7 @@ def launcher(kind):
 
 
 def metrics_path(pt, mode):
-    return f"{RES}/metrics/{pt.path}/{mode}.json"
+    return f"{RES}/{metrics_relpath(pt, mode)}"
 
 
 def timing_path(pt):
@@ -88,11 +91,11 @@ def pretrain_timing(pt):
 
 
 def table_inputs(name):
-    pts = TABLES[name]
-    out = {"metrics": [metrics_path(pt, m) for pt in pts for m in MODES],
+    pts = [row.with_seed(s) for row in TABLES[name] for s in SEEDS[row]]
+    out = {"metrics": sorted({metrics_path(pt, m) for pt in pts for m in MODES}),
            "timing": [timing_path(pt) for pt in pts] + [pretrain_timing(pt) for pt in pts]}
     if name == "vtp_inference":
-        out["metrics"] += [f"{RES}/{path}" for path in vtp_inference_paths(GRID).values()]
+        out["metrics"] = sorted(set(out["metrics"]) | {f"{RES}/{path}" for path in vtp_inference_paths(GRID).values()})
     return out
 
 
@@ -145,7 +148,7 @@ def sft_inputs(wc):
 
 # -- evaluation ---------------------------------------------------------------------------------
 def eval_inputs(wc):
-    ins = {"timing": f"{RUNS}/sft/{wc.variant}/{wc.method}/p{wc.p}/r{wc.r}/timing.json"}
+    ins = {"timing": f"{RUNS}/sft/{wc.variant}/{wc.method}/p{wc.p}/r{wc.r}/s{wc.seed}/timing.json"}
     if config["data"]["kind"] == "synthetic":
         ins["data"] = f"{config['data']['root']}/synth_meta.json"
     else:
@@ -153,12 +156,12 @@ def eval_inputs(wc):
     return ins
 
 
-BASELINE = point("baseline", GRID["method"], GRID["p"], GRID["r"])
+BASELINE = baseline_row(GRID).with_seed(seeds(GRID)[0])  # training-free VTP reads the first seed's checkpoint
 
 
 def vtp_eval_inputs(wc):
     """evaluate_vtp reads the baseline's checkpoint: its inputs are the baseline's evaluation inputs."""
-    return eval_inputs(SimpleNamespace(variant="baseline", method="none", p="0", r="0"))
+    return eval_inputs(SimpleNamespace(variant="baseline", method="none", p="0", r="0", seed=str(BASELINE.seed)))
 
 
 def eval_command():
@@ -181,7 +184,7 @@ def eval_params(wc):
     pt = wc_point(wc)
     method, p = recipe.eval_prune(config, pt)
     return {"ckpt": f"{recipe.sft_dir(config, pt)}/hf", "method": method, "p": p,
-            "point": json.dumps({"variant": pt.variant, "method": pt.method, "p": pt.p, "r": pt.r})}
+            "point": json.dumps({"variant": pt.variant, "method": pt.method, "p": pt.p, "r": pt.r, "seed": pt.seed})}
 
 
 # -- report -------------------------------------------------------------------------------------
@@ -189,7 +192,7 @@ REPORT_CFG = json.dumps({k: config[k] for k in ("grid", "runs_dir", "results_dir
 
 
 def figure_inputs(wc):
-    names = {"pareto": ["p_sweep", "r_sweep", "main"], "curves": ["ablation", "per_stage"],
+    names = {"pareto": ["p_sweep", "r_sweep", "main", "methods"], "curves": ["ablation", "per_stage"],
              "speedup": ["main", "ablation", "per_stage"]}[wc.figure]
     ins = []
     for n in names + ["main"]:

@@ -5,16 +5,16 @@ rule evaluate:
     input:
         unpack(eval_inputs),
     output:
-        metrics=f"{RES}/metrics/{{variant}}/{{method}}/p{{p}}/r{{r}}/{{mode}}.json",
+        metrics=f"{RES}/metrics/{{variant}}/{{method}}/p{{p}}/r{{r}}/s{{seed}}/{{mode}}.json",
     params:
         e=eval_params,
         cmd=eval_command(),
     conda:
         "../../environment.yml"
     log:
-        f"logs/{RECIPE}/eval/{{variant}}/{{method}}/p{{p}}/r{{r}}/{{mode}}.log",
+        f"logs/{RECIPE}/eval/{{variant}}/{{method}}/p{{p}}/r{{r}}/s{{seed}}/{{mode}}.log",
     benchmark:
-        f"benchmarks/{RECIPE}/eval/{{variant}}/{{method}}/p{{p}}/r{{r}}/{{mode}}.tsv"
+        f"benchmarks/{RECIPE}/eval/{{variant}}/{{method}}/p{{p}}/r{{r}}/s{{seed}}/{{mode}}.tsv"
     group:
         "eval"
     threads: THREADS["eval"]
@@ -22,7 +22,7 @@ rule evaluate:
         **res("eval", "eval"),
     shell:
         "OMP_NUM_THREADS={threads} {params.cmd} --ckpt {params.e[ckpt]} --mode {wildcards.mode} "
-        "--method {params.e[method]} --ratio {params.e[p]} --point {params.e[point]:q} --out {output.metrics} "
+        "--method {params.e[method]} --ratio {params.e[p]} --seed {wildcards.seed} --point {params.e[point]:q} --out {output.metrics} "
         "> {log} 2>&1"
 
 
@@ -34,9 +34,10 @@ rule evaluate_vtp:
         metrics=f"{RES}/vtp_inference/{{method}}/p{{p}}.json",
     params:
         ckpt=f"{recipe.sft_dir(config, BASELINE)}/hf",
-        point=lambda wc: json.dumps({"variant": "baseline", "method": "none", "p": 0.0, "r": 0.0,
+        point=lambda wc: json.dumps({"variant": "baseline", "method": "none", "p": 0.0, "r": 0.0, "seed": BASELINE.seed,
                                      "vtp_inference": {"method": wc.method, "p": float(wc.p)}}),
         cmd=eval_command(),
+        seed=BASELINE.seed,
     conda:
         "../../environment.yml"
     log:
@@ -50,4 +51,4 @@ rule evaluate_vtp:
         **res("eval", "eval"),
     shell:
         "OMP_NUM_THREADS={threads} {params.cmd} --ckpt {params.ckpt} --mode pruned --method {wildcards.method} "
-        "--ratio {wildcards.p} --point {params.point:q} --out {output.metrics} > {log} 2>&1"
+        "--ratio {wildcards.p} --seed {params.seed} --point {params.point:q} --out {output.metrics} > {log} 2>&1"

@@ -50,16 +50,16 @@ rule sft:
     input:
         sft_inputs,
     output:
-        timing=f"{RUNS}/sft/{{variant}}/{{method}}/p{{p}}/r{{r}}/timing.json",
+        timing=f"{RUNS}/sft/{{variant}}/{{method}}/p{{p}}/r{{r}}/s{{seed}}/timing.json",
     params:
         spec=lambda wc: json.dumps(recipe.sft_spec(config, wc_point(wc))),
         launch=launcher("train"),
     conda:
         "../../environment.yml"
     log:
-        f"logs/{RECIPE}/sft/{{variant}}/{{method}}/p{{p}}/r{{r}}.log",
+        f"logs/{RECIPE}/sft/{{variant}}/{{method}}/p{{p}}/r{{r}}/s{{seed}}.log",
     benchmark:
-        f"benchmarks/{RECIPE}/sft/{{variant}}/{{method}}/p{{p}}/r{{r}}.tsv"
+        f"benchmarks/{RECIPE}/sft/{{variant}}/{{method}}/p{{p}}/r{{r}}/s{{seed}}.tsv"
     threads: THREADS["train"]
     resources:
         **res("train", "sft"),

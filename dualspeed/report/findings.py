@@ -1,0 +1,100 @@
+"""The paper's qualitative findings, each tested on the grid with a 95% interval and given a verdict.
+
+A finding is a claim about the difference d = A - B of two relative performances:
+  "A > B" (or "A < B"): reproduced when d's interval excludes 0 on the claimed side, not reproduced when it
+      excludes 0 on the other side, inconclusive otherwise;
+  "A ≈ B": reproduced when d's interval lies inside ±MARGIN, not reproduced when it lies wholly outside,
+      inconclusive otherwise (the interval is too wide to tell).
+MARGIN is 2 points of relative performance: the paper's "no cost" differences are under 0.5 points on
+benchmarks of thousands of questions, and one question of a 200-question synthetic task moves a task
+score by 0.5 points. Nothing here is tuned toward the paper's numbers: the claims are its words.
+"""
+from __future__ import annotations
+
+import pandas as pd
+
+from ..variants import point, table_points
+from .collect import Scorer
+from .stats import Diff, Stat, diff, stat
+
+MARGIN = 2.0
+
+
+def _paired(sc: Scorer, row, mode_a: str, mode_b: str) -> Diff:
+    """One row under two inference modes: the per-seed differences of the same checkpoints."""
+    a, b = sc.rel_stat(row, mode_a), sc.rel_stat(row, mode_b)
+    d = stat([x - y for x, y in zip(a.values, b.values)])
+    return Diff(d.mean, d.lo, d.hi, "paired" if d.half is not None else "none")
+
+
+def verdict(d: Diff, claim: str) -> str:
+    if d.lo is None:
+        return "inconclusive (one seed, no spread known)"
+    if claim == ">":
+        return "reproduced" if d.lo > 0 else "not reproduced" if d.hi < 0 else "inconclusive"
+    if claim == "<":
+        return "reproduced" if d.hi < 0 else "not reproduced" if d.lo > 0 else "inconclusive"
+    if -MARGIN <= d.lo and d.hi <= MARGIN:
+        return "reproduced"
+    return "not reproduced" if (d.lo > MARGIN or d.hi < -MARGIN) else "inconclusive"
+
+
+def _findings(g: dict):
+    """(finding, paper's numbers, claim, A, B): A and B are (row, mode)."""
+    m, p, r = g["method"], g["p"], g["r"]
+    v = lambda name, **kw: point(name, m, kw.get("p", p), kw.get("r", r))  # noqa: E731
+    out = [
+        ("NaivePrune does worse under normal than under pruned inference (training-inference mismatch)",
+         "95.89 normal vs 97.85 pruned", ">", (v("naiveprune"), "pruned"), (v("naiveprune"), "normal")),
+        ("Fast-slow training recovers most of NaivePrune's loss under normal inference",
+         "95.89 -> 98.88", ">", (v("fastslow"), "normal"), (v("naiveprune"), "normal")),
+        ("The mode isolator adds a little", "98.88 -> 99.32 (+0.44)", ">",
+         (v("fastslow_iso"), "normal"), (v("fastslow"), "normal")),
+        ("Self-distillation adds a little", "99.32 -> 99.61 (+0.29)", ">",
+         (v("dualspeed"), "normal"), (v("fastslow_iso"), "normal")),
+        ("DualSpeed performs as the baseline", "99.61 vs 100", "≈", (v("dualspeed"), "normal"), (v("baseline"), "normal")),
+        ("VTP in pretraining only costs nothing", "100.12 vs 100", "≈",
+         (v("vtp_pretrain"), "normal"), (v("baseline"), "normal")),
+        ("VTP in SFT only costs as much as VTP in both stages", "95.83 vs 95.89", "≈",
+         (v("vtp_sft"), "normal"), (v("naiveprune"), "normal")),
+    ]
+    ps, rs = sorted(g["p_sweep"]), sorted(g["r_sweep"])
+    if p in ps and min(ps) < p:
+        out.append((f"Performance is flat in p up to {p:g} (p={p:g} vs p={min(ps):g})", "flat up to 0.9", "≈",
+                    (v("dualspeed", p=p), "normal"), (v("dualspeed", p=min(ps)), "normal")))
+    if p in ps and max(ps) > p:
+        out.append((f"... then drops (p={max(ps):g} vs p={p:g})", "drops > 3 points from 0.9 to 0.95", "<",
+                    (v("dualspeed", p=max(ps)), "normal"), (v("dualspeed", p=p), "normal")))
+    if r in rs and max(rs) > r:
+        out.append((f"r={r:g} is the knee: more slow steps add nothing (r={max(rs):g} vs r={r:g})",
+                    "knee near r = 0.1", "≈", (v("dualspeed", r=max(rs)), "normal"), (v("dualspeed", r=r), "normal")))
+    if r in rs and min(rs) < r:
+        out.append((f"... and fewer lose (r={min(rs):g} vs r={r:g})", "knee near r = 0.1", "<",
+                    (v("dualspeed", r=min(rs)), "normal"), (v("dualspeed", r=r), "normal")))
+    return out
+
+
+def findings_table(cfg: dict) -> tuple[pd.DataFrame, str]:
+    g = cfg["grid"]
+    sc = Scorer(cfg)
+    tables = table_points(g)
+    seeded = sorted({pt for name in ("main", "ablation", "per_stage", "mismatch") for pt in tables[name]})
+    pooled = sc.pooled(seeded)
+    rows = []
+    for text, paper, claim, (ra, ma), (rb, mb) in _findings(g):
+        a, b = sc.rel_stat(ra, ma), sc.rel_stat(rb, mb)
+        d = _paired(sc, ra, ma, mb) if ra == rb else diff(a, b, pooled)
+        rows.append({"finding": text, "paper": paper, "claim": f"A {claim} B",
+                     "A": f"{ra.variant} {ma}: {a.fmt()} (n={a.n})", "B": f"{rb.variant} {mb}: {b.fmt()} (n={b.n})",
+                     "A - B [95% CI]": d.fmt(), "interval": d.how, "verdict": verdict(d, claim)})
+    sd = "none" if pooled.sd is None else f"{pooled.sd:.2f} points ({pooled.dof} degrees of freedom)"
+    caption = ("The paper's findings on this grid. Relative performance in % of the baseline (mean of its seeds); "
+               "A and B are means over seeds ± 95% t-interval. The interval of A - B is the paired t-interval "
+               "for one row under two inference modes, Welch's for two rows with >= 2 seeds each, and for a "
+               f"one-seed row the seed-to-seed spread pooled over the seeded rows (sd {sd}). Verdicts: "
+               f"'A > B' is reproduced when the interval lies above 0; 'A ≈ B' when it lies within ±{MARGIN:g} points; "
+               "not reproduced when it lies wholly on the other side; inconclusive otherwise.")
+    return pd.DataFrame(rows), caption
+
+
+__all__ = ["findings_table", "verdict", "MARGIN", "Stat"]

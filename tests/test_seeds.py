@@ -1,0 +1,121 @@
+"""Seeds as a grid dimension: which rows get which seeds, intervals over seeds, and the findings' verdicts."""
+import json
+from pathlib import Path
+
+import pytest
+from scipy import stats as st
+
+from dualspeed import recipe
+from dualspeed.report.findings import MARGIN, verdict
+from dualspeed.report.stats import Diff, Pooled, diff, stat
+from dualspeed.report.tables import build
+from dualspeed.variants import all_points, metrics_relpath, point, point_seeds, vtp_inference_paths
+
+GRID = {"method": "divprune", "p": 0.9, "r": 0.1, "methods": ["divprune", "tome"], "p_sweep": [0.5, 0.9],
+        "r_sweep": [0.1, 0.5], "seeds": [0, 1, 2], "seeded_tables": ["main", "mismatch", "ablation"]}
+
+
+def test_seeded_tables_get_every_seed_and_the_rest_the_first():
+    ps = point_seeds(GRID)
+    assert ps[point("baseline", "x", 0, 0)] == [0, 1, 2]
+    assert ps[point("dualspeed", "divprune", 0.9, 0.1)] == [0, 1, 2]  # in main, and in the sweeps
+    assert ps[point("vtp_pretrain", "divprune", 0.9, 0.1)] == [0]
+    assert ps[point("dualspeed", "divprune", 0.5, 0.1)] == [0]
+    pts = all_points(GRID)
+    assert len(pts) == len(set(pts))
+    # a seed never shares a pretraining run with another seed
+    tags = {}
+    for pt in pts:
+        tags.setdefault(pt.pretrain_tag, set()).add(pt.seed)
+    assert all(len(s) == 1 for s in tags.values())
+    assert {"full_s0", "full_s1", "full_s2", "divprune_p0.9_iso_s2"} <= set(tags)
+
+
+def test_the_seed_is_the_runs_seed():
+    cfg = {"runs_dir": "runs/x", "data": {"kind": "synthetic", "root": "r"}, "model": {"source": "tiny"},
+           "pretrain": {"train": {"lr": 1e-3}}, "sft": {"train": {"lr": 1e-3}},
+           "fastslow": {"isolator_len": 4, "tau": 1.0, "lam": 1.0}}
+    pt = point("dualspeed", "divprune", 0.9, 0.1, seed=2)
+    assert recipe.pretrain_spec(cfg, pt)["train"]["seed"] == 2 and recipe.sft_spec(cfg, pt)["train"]["seed"] == 2
+    assert recipe.sft_spec(cfg, pt)["output_dir"].endswith("/s2")
+    assert recipe.sft_spec(cfg, pt)["model"]["path"] == "runs/x/pretrain/divprune_p0.9_iso_s2/hf"
+
+
+def test_one_evaluation_where_two_modes_are_the_same_run():
+    assert metrics_relpath(point("naiveprune", "divprune", 0.9, 0.1), "pruned_noiso").endswith("/pruned.json")
+    assert metrics_relpath(point("dualspeed", "divprune", 0.9, 0.1), "pruned_noiso").endswith("/pruned_noiso.json")
+    paths = vtp_inference_paths(GRID)
+    assert paths["divprune"] == "metrics/baseline/none/p0/r0/s0/pruned.json"
+    assert paths["tome"] == "vtp_inference/tome/p0.9.json"
+
+
+def test_t_interval_and_welch_difference():
+    s = stat([1.0, 2.0, 3.0])
+    assert s.mean == 2.0 and s.half == pytest.approx(st.t.ppf(0.975, 2) * 1.0 / 3 ** 0.5)
+    assert stat([5.0]).half is None and stat([5.0]).fmt() == "5.00"
+    a, b = stat([10.0, 10.5, 9.5]), stat([1.0, 1.5, 0.5])
+    d = diff(a, b)
+    assert d.how == "welch" and d.outside and d.lo < 9 < d.hi
+    assert not diff(stat([1.0, 3.0]), stat([2.0, 2.5])).outside
+    # a one-seed row: the pooled spread stands in; without one there is no interval
+    pooled = Pooled.of([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0], [7.0]])
+    assert pooled.sd == pytest.approx(1.0) and pooled.dof == 4
+    one = diff(stat([9.0]), s, pooled)
+    assert one.how == "pooled" and one.hi - one.lo == pytest.approx(2 * st.t.ppf(0.975, 4) * (1 + 1 / 3) ** 0.5)
+    assert diff(stat([9.0]), stat([1.0])).lo is None
+
+
+@pytest.mark.parametrize("lo,hi,claim,want", [
+    (0.5, 3.0, ">", "reproduced"), (-3.0, -0.5, ">", "not reproduced"), (-1.0, 2.0, ">", "inconclusive"),
+    (-3.0, -0.5, "<", "reproduced"), (-1.5, 1.5, "≈", "reproduced"), (MARGIN + 0.1, 9.0, "≈", "not reproduced"),
+    (-1.0, MARGIN + 1, "≈", "inconclusive")])
+def test_verdicts(lo, hi, claim, want):
+    assert verdict(Diff((lo + hi) / 2, lo, hi, "welch"), claim) == want
+    assert verdict(Diff(1.0, None, None, "none"), claim).startswith("inconclusive")
+
+
+def _fake_grid(tmp_path, normal: dict[str, list[float]]):
+    """Runs of the ablation's rows with the given per-seed score on one benchmark (pruned = normal)."""
+    grid = {**GRID, "methods": ["divprune"], "p_sweep": [0.9], "r_sweep": [0.1]}
+    cfg = {"grid": grid, "runs_dir": str(tmp_path / "runs"), "results_dir": str(tmp_path / "results"),
+           "eval": {"modes": ["normal", "pruned", "pruned_noiso"]}}
+    for variant, scores in normal.items():
+        row = point(variant, "divprune", 0.9, 0.1)
+        for seed, score in zip(point_seeds(grid)[row], scores):
+            pt = row.with_seed(seed)
+            for d in (Path(recipe.sft_dir(cfg, pt)), Path(recipe.pretrain_dir(cfg, pt.pretrain_tag))):
+                d.mkdir(parents=True, exist_ok=True)
+                (d / "timing.json").write_text(json.dumps({"train_runtime_s": 10.0, "flops": 1e12}))
+            for mode in ("normal", "pruned", "pruned_noiso"):
+                f = Path(cfg["results_dir"]) / metrics_relpath(pt, mode)
+                f.parent.mkdir(parents=True, exist_ok=True)
+                f.write_text(json.dumps({"scores": {"a": score}}))
+    return cfg
+
+
+def test_ablation_marks_differences_outside_the_interval(tmp_path):
+    cfg = _fake_grid(tmp_path, {"baseline": [80, 82, 81], "naiveprune": [40, 44, 42], "fastslow": [79, 80, 81],
+                                "fastslow_iso": [80, 79, 81], "dualspeed": [81, 80, 82],
+                                "dualspeed_noiso": [60, 61, 59]})
+    df, caption = build(cfg, "ablation")
+    rows = df.set_index("run")
+    base = rows.iloc[0]["normal %"]
+    assert base.mean == pytest.approx(100.0) and base.n == 3 and base.half > 0
+    delta = list(rows["Δ vs previous"])
+    assert not isinstance(delta[0], str)  # the first row has no previous row
+    assert delta[1].endswith("*") and delta[1].startswith("-")  # NaivePrune falls: outside the noise
+    assert delta[2].endswith("*")  # fast-slow recovers
+    assert not delta[3].endswith("*") and not delta[4].endswith("*")  # isolator, distillation: inside the noise
+    assert rows.iloc[1]["seeds"] == "0 1 2" and "95% t-interval" in caption
+
+
+def test_table_files_carry_mean_and_interval(tmp_path):
+    from dualspeed.report.tables import write
+
+    cfg = _fake_grid(tmp_path, {"baseline": [80, 82, 81], "naiveprune": [40, 44, 42], "dualspeed": [81, 80, 82]})
+    df, caption = build(cfg, "mismatch")
+    write(df, caption, tmp_path / "t" / "mismatch")
+    md = (tmp_path / "t" / "mismatch.md").read_text()
+    assert "51.85 ± " in md  # NaivePrune: 42 / 81 of the baseline
+    csv = (tmp_path / "t" / "mismatch.csv").read_text().splitlines()
+    assert "normal % ±95" in csv[0].split(",")
