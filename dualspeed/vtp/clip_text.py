@@ -78,9 +78,9 @@ def for_checkpoint(ckpt: str | Path, choice: str = "auto") -> str | None:
 
 def check(where: str, how: str) -> None:
     """Fail now, naming the key and the fix, unless `where` holds a CLIP config with a text tower, weights
-    and a tokenizer. Reads no weights (a hub id not cached yet has its files fetched, as any from_pretrained)."""
+    and a tokenizer. Reads no weights (offline, a hub id must be in the cache, like the vision tower)."""
     from transformers import AutoConfig, AutoTokenizer
-    from transformers.utils import cached_file
+    from transformers.utils import has_file
 
     def fail(why: str):
         raise ConfigError(f"config key '{KEY}' is {how}: {why}. Fix: {FIX}")
@@ -91,9 +91,7 @@ def check(where: str, how: str) -> None:
         fail(f"no CLIP config can be read from {where!r} ({str(e).splitlines()[0]})")
     if config.model_type != "clip":
         fail(f"{where!r} is a '{config.model_type}' checkpoint, not a CLIP with its text tower")
-    found = [n for n in _WEIGHT_FILES if cached_file(where, n, _raise_exceptions_for_missing_entries=False,
-                                                     _raise_exceptions_for_connection_errors=False)]
-    if not found:
+    if not any(has_file(where, n) for n in _WEIGHT_FILES):  # a HEAD request or the cache: nothing downloaded
         fail(f"{where!r} has no weights ({', '.join(_WEIGHT_FILES)})")
     try:
         AutoTokenizer.from_pretrained(where)
