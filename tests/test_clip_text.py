@@ -105,7 +105,9 @@ def test_clip_relevance_over_crops_matches_per_crop_reference(clip_dir, clip_ref
     ln = nn.LayerNorm(WIDTH)
     with torch.no_grad():
         ln.weight.uniform_(0.5, 1.5)
+    rng = torch.random.get_rng_state()
     clip = clip_text.ClipText.load(str(clip_dir)).bind(tokenizer, ln, WIDTH)
+    assert torch.equal(rng, torch.random.get_rng_state())  # loading leaves a seeded run's random draws alone
     crops = [2, 3, 1]
     patches = torch.randn(sum(crops), 16, WIDTH, generator=torch.Generator().manual_seed(0))
     got = clip.relevance(patches, ids, mask, crops)

@@ -118,10 +118,10 @@ class ClipText:
         tc = copy.deepcopy(config.text_config)
         tc.projection_dim = config.projection_dim  # the joint space's width lives on the CLIPConfig
         self.config, self.tokenizer, self.origin = config, tokenizer, origin
-        with torch.random.fork_rng(devices=[]):  # its throwaway init must not move the run's seeded RNG
+        with torch.random.fork_rng(devices=[]):  # their throwaway init must not move the run's seeded RNG
             self.text = CLIPTextModelWithProjection(tc)
+            self.visual_projection = nn.Linear(config.vision_config.hidden_size, config.projection_dim, bias=False)
         self.text.load_state_dict({k: v for k, v in state.items() if k.startswith(("text_model.", "text_projection."))})
-        self.visual_projection = nn.Linear(config.vision_config.hidden_size, config.projection_dim, bias=False)
         self.visual_projection.load_state_dict({"weight": state["visual_projection.weight"]})
         for m in (self.text, self.visual_projection):
             m.requires_grad_(False).eval().to(dtype)
@@ -141,7 +141,8 @@ class ClipText:
                 state = {k: f.get_tensor(k) for k in f.keys()}
                 origin = (f.metadata() or {}).get("origin", where)
         else:  # a whole CLIP repo: read once, keep the text side and the projection
-            full = CLIPModel.from_pretrained(where, torch_dtype=dtype)
+            with torch.random.fork_rng(devices=[]):  # from_pretrained draws for its init too
+                full = CLIPModel.from_pretrained(where, torch_dtype=dtype)
             state = {k: v for k, v in full.state_dict().items()
                      if k.startswith(("text_model.", "text_projection.", "visual_projection."))}
             del full
