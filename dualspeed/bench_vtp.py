@@ -5,13 +5,15 @@
 
 Each method reduces the batch's projected features (all crops at once, as in training) and the
 reduction is applied to them: what a fast step adds. Signals are given, at their real shapes: the
-instruction embeddings (CDPruner's relevance is part of its time), the CLS attention and the keys of
-one CLIP-L layer (what the tower hooks add is a CLS-row attention per crop, not timed here).
+instruction embeddings (CDPruner's relevance signal from them, the LLM source, is part of its time; the
+CLIP text tower's is not timed), the CLS attention and the keys of one CLIP-L layer (what the tower hooks
+add is a CLS-row attention per crop, not timed here).
 `python -m dualspeed.bench` on a GPU reports these times next to its fast step, as a fraction of it.
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import time
 
@@ -19,6 +21,8 @@ import torch
 
 from . import vtp
 from .bench import PRESETS, sync
+from .vtp import signals
+from .vtp.clip_text import SOURCE_LLM
 
 
 def inputs(p: dict, device, dtype, seed: int = 0):
@@ -42,11 +46,19 @@ def vtp_costs(p: dict, device, dtype, reps: int = 3, p_ratio: float = 0.9, fast_
     out = {}
     for name in vtp.available():
         method = vtp.get(name)
-        method.reduce(feats, k, ctx).apply(feats)  # warm-up
+
+        def step():
+            c = ctx
+            if "relevance" in method.required_signals():  # the model computes it per batch: time it too
+                c = dataclasses.replace(ctx, relevance=signals.llm_relevance(feats, ctx.text_embeds, ctx.text_mask),
+                                        relevance_source=SOURCE_LLM)
+            method.reduce(feats, k, c).apply(feats)
+
+        step()  # warm-up
         sync(device)
         t0 = time.perf_counter()
         for _ in range(reps):
-            method.reduce(feats, k, ctx).apply(feats)
+            step()
         sync(device)
         ms = 1000 * (time.perf_counter() - t0) / reps
         out[name] = {"ms_per_batch": ms, "fraction_of_fast_step": ms / 1000 / fast_step_s if fast_step_s else None}

@@ -14,6 +14,7 @@ from transformers import AutoTokenizer
 from .build import _load_llava
 from .hf_files import mark_pmod, prepare_tokenizer, processor_for_export
 from .model import DualSpeedLlava
+from .vtp import clip_text
 
 EXTRA_FILE = "dualspeed_extra.safetensors"  # isolator (and anything else outside the llava-hf layout)
 META_FILE = "dualspeed.json"
@@ -47,9 +48,12 @@ def load_trainable(model: nn.Module, ckpt_dir: str | Path) -> None:
         raise RuntimeError(f"checkpoint {ckpt_dir} has tensors this model does not: {unexpected[:3]}")
 
 
-def export_hf(model: DualSpeedLlava, tokenizer, processor, out_dir: str | Path, meta: dict) -> None:
+def export_hf(model: DualSpeedLlava, tokenizer, processor, out_dir: str | Path, meta: dict,
+              clip_from: str | None = None) -> None:
     """Write a plain llava-hf directory (LoRA merged, with the full processor and chat template that
     AutoProcessor and lmms-eval expect) plus the isolator beside it; a p-MoD export is marked as such.
+    clip_from: the run's CLIP text tower (vtp/clip_text.py), written into clip_text/ so that later stages
+    and the offline evaluation find it in the checkpoint.
 
     Written into a sibling temp dir and renamed into place, so a job killed mid-export never leaves a
     directory that a later stage or evaluation would read as finished."""
@@ -73,6 +77,8 @@ def export_hf(model: DualSpeedLlava, tokenizer, processor, out_dir: str | Path, 
     save_file(extra, tmp / EXTRA_FILE)
     if model.pmod is not None:
         mark_pmod(tmp)
+    if clip_from:
+        clip_text.export(clip_from, tmp / clip_text.CLIP_DIR, model.clip_text, model.llava.lm_head.weight.dtype)
     (tmp / META_FILE).write_text(json.dumps(meta, indent=2))
     if out.exists():
         shutil.rmtree(out)

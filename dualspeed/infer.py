@@ -11,6 +11,7 @@ from PIL import Image
 from .data import IMAGE_TOKEN, build_prompt, check_aspect, default_aspect, process_image, stack_images
 from .checkpoint import load_exported
 from .model import Prune
+from .vtp import clip_text as clip_lib
 
 # inference mode -> (prune visual tokens, prepend the isolator)
 MODES = {"normal": (False, False), "pruned": (True, True), "pruned_noiso": (True, False)}
@@ -25,7 +26,7 @@ class Query:
 class Predictor:
     def __init__(self, ckpt: str | Path, mode: str = "normal", method: str | None = None, ratio: float | None = None,
                  batch_size: int = 16, device: str = "cpu", dtype: str = "float32", max_new_tokens: int = 16,
-                 seed: int = 0):
+                 seed: int = 0, clip_text: str = "auto"):
         if mode not in MODES:
             raise ValueError(f"unknown inference mode '{mode}'; choose one of {', '.join(MODES)}")
         torch_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
@@ -45,6 +46,10 @@ class Predictor:
             method = method or fs.get("method") or "divprune"
             ratio = ratio if ratio is not None else fs.get("ratio", 0.9)
             self.prune = Prune(method, float(ratio), seed=seed)
+            # the relevance signal from the CLIP text tower the export carries (auto), if its method reads it
+            where = clip_lib.for_checkpoint(ckpt, clip_text) if "relevance" in self.prune.signals else None
+            if where:
+                self.model.attach_clip_text(clip_lib.ClipText.load(where, torch_dtype), self.tokenizer)
         self.mode, self.batch_size, self.device, self.dtype = mode, batch_size, device, torch_dtype
         self.max_new_tokens = max_new_tokens
         self.stats = {"samples": 0, "seconds": 0.0, "visual_tokens": 0, "images": 0}
@@ -116,4 +121,5 @@ class Predictor:
                 "visual_tokens_per_sample": s["visual_tokens"] / s["images"] if s["images"] else 0.0,
                 "mode": self.mode, "vtp_method": self.prune.method if self.prune else None,
                 "prune_ratio": self.prune.ratio if self.prune else None, "isolator": self.isolator,
-                "vtp": self.prune.plugin.describe() if self.prune else None}
+                "vtp": self.prune.plugin.provenance(self.model.signal_sources(self.prune.signals))
+                if self.prune else None}

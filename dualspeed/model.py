@@ -26,6 +26,7 @@ from transformers.utils import ModelOutput
 from . import pmod as pmod_lib
 from . import vtp
 from .vtp import signals as vtp_signals
+from .vtp.clip_text import SOURCE_CLIP, SOURCE_LLM, ClipText
 from .data import IMAGE_TOKEN
 from .fastslow import ModeIsolator, answer_logits
 
@@ -82,6 +83,8 @@ class DualSpeedLlava(nn.Module):
         self.train_vision = False
         self.anyres = isinstance(llava, LlavaNextForConditionalGeneration)
         self.pmod: pmod_lib.PMoD | None = None  # p-MoD routers when enabled (enable_pmod)
+        # CLIP's text side for the relevance signal (attach_clip_text); a plain attribute, not a submodule
+        self.clip_text: ClipText | None = None
 
     def enable_pmod(self, dense_above: float = 0.85, floor: float = 0.15, alpha: float = 0.2, beta: float = 1.0,
                     ratios: list | None = None) -> pmod_lib.PMoD:
@@ -93,6 +96,20 @@ class DualSpeedLlava(nn.Module):
         ref = self.llava.lm_head.weight
         self.pmod = pmod_lib.PMoD(self.config.text_config.hidden_size, ratios, alpha, beta).to(ref.device, ref.dtype)
         return self.pmod
+
+    def attach_clip_text(self, clip: ClipText, tokenizer) -> ClipText:
+        """Score the relevance signal in CLIP's joint space from now on (see vtp/clip_text.py)."""
+        tower = self.llava.model.vision_tower
+        self.clip_text = clip.bind(tokenizer, tower.vision_model.post_layernorm, self.config.vision_config.hidden_size)
+        return self.clip_text
+
+    def signal_sources(self, signals) -> dict:
+        """Where this model takes the declared signals from whose source can differ, for provenance."""
+        if "relevance" not in signals:
+            return {}
+        if self.clip_text is None:
+            return {"relevance": SOURCE_LLM}
+        return {"relevance": SOURCE_CLIP, "clip_text": self.clip_text.origin}
 
     # -- pieces -------------------------------------------------------------------------------
     @property
@@ -117,6 +134,8 @@ class DualSpeedLlava(nn.Module):
             feats = out.hidden_states[self.vision_feature_layer]
             if self.config.vision_feature_select_strategy == "default":
                 feats = feats[:, 1:]  # drop CLS
+            if "relevance" in wanted and self.clip_text is not None:
+                signals["patches"] = feats.detach()  # what CLIP's visual projection maps: no second pass
         feats = self.llava.model.multi_modal_projector(feats)  # [C, N, D]
         return (feats, signals) if prune is not None else feats
 
@@ -210,11 +229,7 @@ class DualSpeedLlava(nn.Module):
         if prune is None:
             return self.visual_sequence(self.encode_images(pixel_values), None, isolator, None, crops, image_sizes)
         feats, tower_out = self.encode_images(pixel_values, prune)
-        text = None
-        if "text" in prune.signals:
-            text = vtp_signals.text_context(self.embed_tokens, self.image_token_id, input_ids, attention_mask, labels,
-                                            has_image, crops)
-        ctx = vtp_signals.context(prune.signals, tower_out, text, prune.generator)
+        ctx = vtp_signals.gather(self, prune, feats, tower_out, input_ids, attention_mask, labels, has_image, crops)
         return self.visual_sequence(feats, prune, isolator, ctx, crops, image_sizes)
 
     # -- forward ------------------------------------------------------------------------------

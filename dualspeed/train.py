@@ -30,6 +30,7 @@ from .fastslow import FAST, FULL, SLOW, ModeSchedule, mode_loss
 from .memory import PeakMemory
 from .model import DualSpeedLlava, Prune
 from .tracking import mode_scalars, report_to
+from .vtp import clip_text
 from .resume import resume_point
 from .sampler import grouped_sampler
 from .steplog import StepLog, step_totals
@@ -239,6 +240,10 @@ def run(cfg: RunConfig) -> dict:
     # Seed before anything random is built (a fresh projector, the isolator, LoRA, the data order):
     # two runs of one config must give the same bytes.
     set_seed(t.seed)
+    # A configured CLIP text tower that cannot be read fails before the data check and any weights
+    clip_where, clip_how = clip_text.resolve(cfg.model)
+    if clip_where:
+        clip_text.check(clip_where, clip_how)
     # Every image is opened and every conversation checked before a model is loaded: a bad sample
     # fails here, named, rather than hours into the run.
     world_main = int(os.environ.get("RANK", "0")) == 0
@@ -259,6 +264,9 @@ def run(cfg: RunConfig) -> dict:
     carried = carry_extras(model, cfg.model.path) if cfg.model.source == "llava" else []
     if carried:
         log.info("continuing from %s's trained %s", cfg.model.path, ", ".join(carried))
+    plugin = vtp.get(cfg.fastslow.method) if cfg.fastslow.prune else None
+    if clip_where and plugin is not None and "relevance" in plugin.required_signals():
+        model.attach_clip_text(clip_text.ClipText.load(clip_where, dtype), tokenizer)  # once, frozen
     counts = set_trainable(model, cfg)
     if t.gradient_checkpointing:
         model.language_model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -266,7 +274,8 @@ def run(cfg: RunConfig) -> dict:
     resume = resume_point(cfg, out, write=args.process_index == 0)
     if args.process_index == 0:
         dump_config(cfg, out / "config.resolved.yaml")
-        vtp_info = vtp.get(cfg.fastslow.method).describe() if cfg.fastslow.prune else None  # e.g. CDPruner's relevance
+        # e.g. CDPruner's relevance source and the sign that runs with it
+        vtp_info = plugin.provenance(model.signal_sources(plugin.required_signals())) if plugin else None
         provenance.write(out, {"trainable_parameters": counts, "samples": len(dataset), "skipped_samples": skipped,
                                "carried_extras": carried, "resumed_from": resume, "seed": t.seed, "vtp": vtp_info})
     trainer = DualSpeedTrainer(model=model, args=args, train_dataset=dataset,
@@ -286,7 +295,7 @@ def run(cfg: RunConfig) -> dict:
     meta = {"stage": t.stage, "isolator_len": cfg.fastslow.isolator_len, "fastslow": cfg.to_dict()["fastslow"],
             "trained_extras": trained, "carried_from": cfg.model.path if carried else None,
             "data": {"image_aspect_ratio": d.image_aspect_ratio}}  # what evaluation preprocesses images with
-    export(model, tokenizer, processor, out / "hf", meta, write=args.process_index == 0)
+    export(model, tokenizer, processor, out / "hf", meta, write=args.process_index == 0, clip_from=clip_where)
     if args.process_index == 0:
         # timing.json last: its presence marks a finished stage
         provenance.write_json(out / "timing.json", timing)
@@ -307,7 +316,7 @@ def ranks_hold_same_weights(trainer: Trainer) -> bool:
     return same
 
 
-def export(model, tokenizer, processor, path: Path, meta: dict, write: bool):
+def export(model, tokenizer, processor, path: Path, meta: dict, write: bool, clip_from: str | None = None):
     """Every rank joins the ZeRO-3 gather; only `write` ranks touch the disk."""
     from transformers.integrations import is_deepspeed_zero3_enabled
 
@@ -316,9 +325,9 @@ def export(model, tokenizer, processor, path: Path, meta: dict, write: bool):
 
         with deepspeed.zero.GatheredParameters(list(model.parameters()), modifier_rank=None):
             if write:
-                export_hf(model, tokenizer, processor, path, meta)
+                export_hf(model, tokenizer, processor, path, meta, clip_from)
     elif write:
-        export_hf(model, tokenizer, processor, path, meta)
+        export_hf(model, tokenizer, processor, path, meta, clip_from)
 
 
 def main(argv=None):

@@ -103,6 +103,8 @@ def test_signal_and_merge_methods_reduce_each_crop_in_one_batched_call(next_mode
             ref = []
             for c in range(n_crops):
                 one = {key: v[c:c + 1] for key, v in {**sig, **text}.items()}
+                if "relevance" in prune.signals:  # the tiny model has no CLIP text tower: the LLM source
+                    one["relevance"] = signals.llm_relevance(feats[c:c + 1], one["text_embeds"], one["text_mask"])
                 ctx = vtp.VTPContext(**one)
                 ref.append(prune.plugin.reduce(feats[c:c + 1], k, ctx).apply(feats[c:c + 1])[0])
             torch.testing.assert_close(seq[i], torch.cat(ref), rtol=1e-5, atol=1e-6)

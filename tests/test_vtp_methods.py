@@ -3,6 +3,8 @@ import pytest
 import torch
 
 from dualspeed import vtp
+from dualspeed.vtp.clip_text import SOURCE_CLIP, SOURCE_LLM
+from dualspeed.vtp.signals import llm_relevance
 from dualspeed.vtp.visionzip import split
 
 
@@ -37,13 +39,18 @@ def cdpruner_reference(x, text, mask, k):
     return sorted(chosen)
 
 
+def llm_ctx(x, text, mask, **kw):
+    """The context the model builds without a CLIP text tower: relevance from the LLM embeddings."""
+    return vtp.VTPContext(relevance=llm_relevance(x, text, mask), relevance_source=SOURCE_LLM, **kw)
+
+
 @pytest.mark.parametrize("b,n,d,k", [(2, 12, 16, 1), (3, 20, 24, 5), (2, 16, 32, 15), (1, 9, 12, 9)])
 def test_cdpruner_matches_reference(b, n, d, k):
     g = torch.Generator().manual_seed(b * 1000 + n + k)
     x = torch.randn(b, n, d, generator=g, dtype=torch.float64)
     text = torch.randn(b, 4, d, generator=g, dtype=torch.float64)
     mask = torch.tensor([[True, True, False, True]] * b)
-    got = vtp.get("cdpruner")(x, k, vtp.VTPContext(text_embeds=text, text_mask=mask))
+    got = vtp.get("cdpruner")(x, k, llm_ctx(x, text, mask))
     for i in range(b):
         assert got[i].tolist() == cdpruner_reference(x[i], text[i], mask[i], k)
 
@@ -52,12 +59,13 @@ def test_cdpruner_ties_and_duplicates_are_safe():
     # 4 distinct directions, each repeated 3 times; no instruction tokens -> q = 1, a plain DPP
     base = torch.eye(6, dtype=torch.float64)[:4]
     x = base.repeat_interleave(3, dim=0)[None].repeat(2, 1, 1)  # [2, 12, 6]
-    ctx = vtp.VTPContext(text_embeds=torch.zeros(2, 3, 6, dtype=torch.float64), text_mask=torch.zeros(2, 3, dtype=bool))
+    text, mask = torch.zeros(2, 3, 6, dtype=torch.float64), torch.zeros(2, 3, dtype=bool)
+    ctx = llm_ctx(x, text, mask)
     got = vtp.get("cdpruner")(x, 7, ctx)
     # the first copy of each direction (lowest index on ties), then zero gains -> lowest remaining indices
-    assert got[0].tolist() == cdpruner_reference(x[0], ctx.text_embeds[0], ctx.text_mask[0], 7)
+    assert got[0].tolist() == cdpruner_reference(x[0], text[0], mask[0], 7)
     assert {0, 3, 6, 9} <= set(got[0].tolist())
-    red = vtp.get("cdpruner").reduce(x.float(), 7, ctx)
+    red = vtp.get("cdpruner").reduce(x.float(), 7, llm_ctx(x.float(), text.float(), mask))
     assert torch.isfinite(red.apply(x.float())).all()
 
 
@@ -65,13 +73,31 @@ def test_cdpruner_relevance_prefers_tokens_like_the_question():
     g = torch.Generator().manual_seed(0)
     x = torch.randn(1, 30, 16, generator=g)
     word = x[0, 7] + 0.01 * torch.randn(16, generator=g)
-    ctx = vtp.VTPContext(text_embeds=word[None, None], text_mask=torch.ones(1, 1, dtype=bool))
+    ctx = llm_ctx(x, word[None, None], torch.ones(1, 1, dtype=bool))
     assert 7 in vtp.get("cdpruner")(x, 1, ctx)[0].tolist()
     assert 7 not in vtp.get("cdpruner:negate=true")(x, 3, ctx)[0].tolist()
 
 
-def test_cdpruner_without_text_signal_is_a_clear_error():
-    with pytest.raises(ValueError, match="text"):
+def test_cdpruner_sign_follows_the_source_unless_forced():
+    """Unset: the LLM source keeps the sign, the CLIP source is negated (the published code); an option
+    forces one sign for both, and provenance records the sign that ran."""
+    r = torch.tensor([[0.1, 0.9, 0.5, 0.3, 0.2, 0.8]])
+    x = torch.eye(6)[None]  # orthogonal tokens: with k = 1 the DPP keeps the largest q
+    for source, best in ((SOURCE_LLM, 1), (SOURCE_CLIP, 0), (None, 1)):
+        ctx = vtp.VTPContext(relevance=r, relevance_source=source)
+        assert vtp.get("cdpruner")(x, 1, ctx)[0].tolist() == [best]
+        assert vtp.get("cdpruner:negate=false")(x, 1, ctx)[0].tolist() == [1]
+        assert vtp.get("cdpruner:negate=true")(x, 1, ctx)[0].tolist() == [0]
+    assert vtp.get("cdpruner").describe()["negate"] == "auto"
+    assert vtp.get("cdpruner").provenance({"relevance": SOURCE_CLIP})["negate"] is True
+    assert vtp.get("cdpruner").provenance({"relevance": SOURCE_LLM})["negate"] is False
+    assert vtp.get("cdpruner:negate=false").provenance({"relevance": SOURCE_CLIP})["negate"] is False
+    with pytest.raises(ValueError, match="true, false or auto"):
+        vtp.get("cdpruner:negate=maybe")
+
+
+def test_cdpruner_without_relevance_signal_is_a_clear_error():
+    with pytest.raises(ValueError, match="relevance"):
         vtp.get("cdpruner")(torch.randn(1, 8, 4), 2)
 
 
@@ -176,7 +202,8 @@ def full_context(b, n, d, seed=0):
     g = torch.Generator().manual_seed(seed)
     return vtp.VTPContext(text_embeds=torch.randn(b, 3, d, generator=g), text_mask=torch.ones(b, 3, dtype=bool),
                           cls_attention=torch.rand(b, n, generator=g), keys=torch.randn(b, n, 4, generator=g),
-                          generator=torch.Generator().manual_seed(seed))
+                          generator=torch.Generator().manual_seed(seed), relevance=torch.randn(b, n, generator=g),
+                          relevance_source=SOURCE_LLM)
 
 
 @pytest.mark.parametrize("name", ["cdpruner", "visionzip", "tome"])
@@ -187,7 +214,8 @@ def test_batched_equals_one_image_at_a_time_and_is_deterministic(name):
     assert torch.equal(red.index, vtp.get(name).reduce(x, 7, ctx).index)
     for i in range(5):
         one = vtp.VTPContext(text_embeds=ctx.text_embeds[i:i + 1], text_mask=ctx.text_mask[i:i + 1],
-                             cls_attention=ctx.cls_attention[i:i + 1], keys=ctx.keys[i:i + 1])
+                             cls_attention=ctx.cls_attention[i:i + 1], keys=ctx.keys[i:i + 1],
+                             relevance=ctx.relevance[i:i + 1], relevance_source=ctx.relevance_source)
         r1 = vtp.get(name).reduce(x[i:i + 1], 7, one)
         assert torch.equal(r1.index[0], red.index[i])
         torch.testing.assert_close(r1.apply(x[i:i + 1])[0], red.apply(x)[i])

@@ -34,7 +34,7 @@ def test_no_signal_is_computed_unless_declared(tiny_model, batch):
     _, sig = tiny_model.encode_images(batch["pixel_values"], Prune("divprune", 0.9))
     assert sig == {}
     _, sig = tiny_model.encode_images(batch["pixel_values"], Prune("cdpruner", 0.9))
-    assert sig == {}  # text comes from the LLM's embeddings, not the tower
+    assert sig == {}  # no CLIP text tower attached: its relevance comes from the LLM's embeddings, not the tower
     hooks = [m._forward_hooks for m in tiny_model.llava.model.vision_tower.modules()]
     assert not any(hooks)  # removed after the pass
 

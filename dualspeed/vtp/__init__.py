@@ -17,7 +17,7 @@ __all__ = ["SIGNALS", "MergeMethod", "Reduced", "VTPContext", "VTPMethod", "avai
            "register"]
 
 for _mod in pkgutil.iter_modules(__path__):
-    if _mod.name not in ("base", "signals"):
+    if _mod.name not in ("base", "signals", "clip_text"):  # not methods
         importlib.import_module(f"{__name__}.{_mod.name}")
 
 

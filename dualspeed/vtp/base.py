@@ -16,6 +16,10 @@ in the same vision-tower pass (see vtp/signals.py):
   text           ctx.text_embeds [C, T, D], ctx.text_mask [C, T]: the instruction's LLM embeddings
   cls_attention  ctx.cls_attention [C, N]: the CLS query's attention to each patch, summed over heads
   keys           ctx.keys [C, N, Dh]: each patch's attention key, averaged over heads
+  relevance      ctx.relevance [C, N]: each token's cosine similarity to the instruction, averaged over it,
+                 from the best source the model has (ctx.relevance_source names it): CLIP's text tower in
+                 CLIP's joint space where one is configured (vtp/clip_text.py), else the projected token
+                 against the instruction's LLM embeddings. Raw: not normalised, not negated.
 The tower layer of cls_attention/keys is the one whose output LLaVA uses as features (the penultimate
 for the real recipes), unless a method sets `signal_layer`.
 """
@@ -27,7 +31,7 @@ from typing import Callable
 
 import torch
 
-SIGNALS = ("text", "cls_attention", "keys")
+SIGNALS = ("text", "cls_attention", "keys", "relevance")
 
 
 @dataclass
@@ -42,10 +46,12 @@ class VTPContext:
     cls_attention: torch.Tensor | None = None
     keys: torch.Tensor | None = None
     generator: torch.Generator | None = None
+    relevance: torch.Tensor | None = None
+    relevance_source: str | None = None  # clip_text.SOURCE_CLIP or clip_text.SOURCE_LLM
 
     def missing(self, signals) -> list[str]:
         have = {"text": self.text_embeds is not None, "cls_attention": self.cls_attention is not None,
-                "keys": self.keys is not None}
+                "keys": self.keys is not None, "relevance": self.relevance is not None}
         return [s for s in signals if not have[s]]
 
 
@@ -97,6 +103,11 @@ class VTPMethod(ABC):
     def describe(self) -> dict:
         """What this method ran with, for the run's provenance and metrics (extend in a subclass)."""
         return {"name": self.name, "kind": self.kind, "signals": list(self.required_signals())}
+
+    def provenance(self, sources: dict) -> dict:
+        """describe() plus where the model took the declared signals from (DualSpeedLlava.signal_sources):
+        what a run's provenance.json and an evaluation's metrics record."""
+        return {**self.describe(), **({"sources": dict(sources)} if sources else {})}
 
     @abstractmethod
     def select(self, feats: torch.Tensor, k: int, ctx: VTPContext) -> torch.Tensor:

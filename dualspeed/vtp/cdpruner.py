@@ -6,25 +6,44 @@ every candidate, its conditional variance d_j^2 = L_jj - |c_j|^2 given the token
 updates it with one new Cholesky row per step (Chen, Zhang & Zhou, NeurIPS 2018), so a batch costs
 O(k N^2) after the kernel with no per-image loop.
 
-Relevance. The published code maps CLIP's penultimate patch features through CLIP's joint-space head,
-scores them against the CLIP text tower and *negates* the mean similarity for LLaVA's CLIP, observing
-that the raw sign ranks background above objects there. This harness scores the projected tokens
-against the instruction's own LLM input embeddings instead (the tiny model has no text tower, and the
-real recipes' llava-hf checkpoints carry none): the projector is trained to put visual tokens in that
-space, where, as in any embedding space trained through the LLM, a token resembling a word of the
-question is about it, so the sign is kept (negate=False). Measured on the smoke pipeline's tiny
-checkpoints (scripts/cdpruner_relevance_sign.py, 48 synthetic questions, 2026-11-23): the unnegated
-relevance ranks object patches above background patches with AUC 0.60 (warm-up) and 0.70 (baseline
-SFT), so negating would rank background first here. The negation is a property of CLIP's penultimate
-layer against its text head, which this path does not use; `cdpruner:negate=true` runs the published
-sign for comparison. Without instruction tokens (the plain pretraining template) or with a
-flat relevance, q = 1 and CDPruner is a plain DPP (diversity only).
+Relevance q: the model's `relevance` signal (vtp/signals.py), negated or not, then min-max normalised
+per crop; without an instruction (the plain pretraining template) or with a flat relevance q = 1 and
+CDPruner is a plain DPP (diversity only). The model picks the source, recorded in provenance:
+
+- CLIP's text tower (`clip_text`), where the run has one: the real recipes, whose vision tower repo
+  openai/clip-vit-large-patch14-336 is the whole CLIPModel (model.clip_text=auto; vtp/clip_text.py). As
+  in the published code: LLaVA's feature-layer patches (layer -2) through the tower's post_layernorm and
+  CLIP's visual_projection, against CLIPTextModelWithProjection's embedding of the instruction.
+- The instruction's LLM input embeddings against the projected tokens (`llm_instruction_embeddings`):
+  the tiny model, whose random CLIP has no text tower, and any run with model.clip_text=none.
+
+The sign follows the source (`negate` unset); `cdpruner:negate=true|false` forces one for both.
+CLIP source: negated, as the published code does for LLaVA's CLIP (llava_arch.py takes the mean of
+-relevance; its scripts/visualize_relevance.py draws the negated map over COCO objects). We cannot
+measure it here: no real CLIP is reachable offline and the tests' tiny CLIP is random. We keep it because
+it was chosen for exactly the space this path computes in - the same CLIP ViT-L/14-336, the same
+penultimate-layer patches, the same joint-space head - and fits what is known of that space: the head
+is trained on the last layer's CLS token only, and CLIP's patch-text similarity maps are reported to
+light up the background rather than the object a text names (CLIP Surgery's "opposite visualisation",
+Li et al., 2023, arXiv:2304.05653), as the authors' negated maps imply. On another CLIP, or with a
+fine-tuned tower, re-check it with `negate=false`.
+LLM source: kept (negate=False). The projector is trained to put visual tokens in the LLM's input space,
+where, as in any embedding space trained through the LLM, a token resembling a word of the question is
+about it. Measured on the smoke pipeline's tiny checkpoints (scripts/cdpruner_relevance_sign.py,
+48 synthetic questions, 2026-11-23): the unnegated relevance ranks object patches above background
+patches with AUC 0.60 (warm-up) and 0.70 (baseline SFT), so negating would rank background first here.
+
+Where this differs from the published code: the CLIP text is each user turn of the prompt, cut to 77
+tokens (published: the bare question, with some benchmarks' answer-format suffix removed, split into
+77-token segments); q is normalised per crop (published: over the whole batch, i.e. across the crops of
+a LLaVA-NeXT image, plus 1e-6).
 """
 from __future__ import annotations
 
 import torch
 
 from .base import VTPContext, VTPMethod, register
+from .clip_text import SOURCE_CLIP
 
 EPS = 1e-10  # conditional variances below this are duplicates of the chosen set: gain 0, no update
 
@@ -36,14 +55,12 @@ def cosine(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return (a @ b.transpose(1, 2)) / (na[:, :, None] * nb[:, None, :])
 
 
-def relevance(feats: torch.Tensor, text: torch.Tensor, mask: torch.Tensor, negate: bool = False) -> torch.Tensor:
-    """[B, N, D] tokens, [B, T, D] instruction embeddings, [B, T] mask -> q [B, N] in [0, 1]."""
-    m = mask.to(feats.dtype)
-    sim = cosine(feats, text.to(feats.dtype))
-    r = (sim * m[:, None]).sum(-1) / m.sum(-1, keepdim=True).clamp_min(1.0)
+def normalise(r: torch.Tensor, negate: bool = False) -> torch.Tensor:
+    """Raw relevance [B, N] -> q [B, N] in [0, 1], min-max per row; a flat row (also every row without
+    instruction, whose relevance is all zeros) gives q = 1."""
     r = -r if negate else r
     lo, hi = r.amin(1, keepdim=True), r.amax(1, keepdim=True)
-    flat = (hi - lo) < 1e-6  # also every row without instruction tokens
+    flat = (hi - lo) < 1e-6
     return torch.where(flat, torch.ones_like(r), (r - lo) / (hi - lo).clamp_min(1e-6))
 
 
@@ -72,16 +89,29 @@ def dpp_greedy(kernel: torch.Tensor, k: int) -> torch.Tensor:
 
 @register("cdpruner")
 class CDPruner(VTPMethod):
-    signals = ("text",)
+    signals = ("relevance",)
 
-    def __init__(self, negate: bool = False):
-        self.negate = bool(negate)
+    def __init__(self, negate: bool | str | None = None):
+        if isinstance(negate, str):
+            if negate.lower() != "auto":
+                raise ValueError(f"cdpruner's negate is true, false or auto, not {negate!r}")
+            negate = None
+        self.negate = None if negate is None else bool(negate)  # None: the source's own sign
+
+    def negated(self, source: str | None) -> bool:
+        return self.negate if self.negate is not None else source == SOURCE_CLIP
 
     def describe(self) -> dict:
-        return {**super().describe(), "relevance": "llm_instruction_embeddings", "negate": self.negate}
+        return {**super().describe(), "negate": "auto" if self.negate is None else self.negate}
+
+    def provenance(self, sources: dict) -> dict:
+        out = super().provenance(sources)
+        if "relevance" in sources:
+            out["negate"] = self.negated(sources["relevance"])  # the sign that ran, not the option
+        return out
 
     def select(self, feats: torch.Tensor, k: int, ctx: VTPContext) -> torch.Tensor:
         x = feats if feats.dtype in (torch.float32, torch.float64) else feats.float()
-        q = relevance(x, ctx.text_embeds, ctx.text_mask, self.negate)
+        q = normalise(ctx.relevance.to(x.dtype), self.negated(ctx.relevance_source))
         kernel = q[:, :, None] * cosine(x, x) * q[:, None, :]
         return dpp_greedy(kernel, k)

@@ -3,6 +3,8 @@
 Tower signals come from forward hooks on the q/k projections of one CLIP attention layer: the tower
 computes those anyway, so asking for them costs one CLS-row attention per crop, not another pass or
 `output_attentions` (which would materialise every layer's [H, N+1, N+1] maps and leave SDPA).
+Instruction signals (text, relevance) come from the prompt ids the batch already holds; relevance from
+CLIP's text tower reads the tower features LLaVA projects, kept from that same pass (clip_text.py).
 """
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ import contextlib
 import torch
 
 from .base import VTPContext
+from .clip_text import SOURCE_CLIP, SOURCE_LLM
 
 
 def attention_layer(feature_layer: int, num_layers: int, signal_layer: int | None = None) -> int:
@@ -70,19 +73,53 @@ def tower_signals(tower, layer: int, wanted: tuple[str, ...]):
             h.remove()
 
 
-def text_context(embed_tokens, image_token_id: int, input_ids, attention_mask, labels, has_image,
-                 crops: list[int]) -> dict:
-    """Instruction embeddings of the image samples, one row per crop: every prompt token that is not
-    padding, an answer or the image placeholder."""
+def prompt_rows(image_token_id: int, input_ids, attention_mask, labels, has_image):
+    """The image samples' ids [I, T] and which of them are the instruction [I, T]: every prompt token
+    that is not padding, an answer or the image placeholder."""
     sel = has_image.bool()
     ids = input_ids[sel]
-    mask = attention_mask[sel].bool() & (labels[sel] == -100) & (ids != image_token_id)
+    return ids, attention_mask[sel].bool() & (labels[sel] == -100) & (ids != image_token_id)
+
+
+def text_context(embed_tokens, image_token_id: int, input_ids, attention_mask, labels, has_image,
+                 crops: list[int]) -> dict:
+    """Instruction embeddings of the image samples, one row per crop (see prompt_rows for which tokens)."""
+    ids, mask = prompt_rows(image_token_id, input_ids, attention_mask, labels, has_image)
     reps = torch.tensor(crops, device=ids.device)
     with torch.no_grad():
         emb = embed_tokens(ids)
     return {"text_embeds": emb.repeat_interleave(reps, 0), "text_mask": mask.repeat_interleave(reps, 0)}
 
 
-def context(wanted: tuple[str, ...], tower_out: dict, text: dict | None, generator=None) -> VTPContext:
+def llm_relevance(feats: torch.Tensor, text: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """[C, N, D] projected tokens, [C, T, D] instruction embeddings, [C, T] mask -> [C, N] cosine similarity
+    averaged over the instruction (float32 at least; 0 for a row without instruction tokens)."""
+    x = feats if feats.dtype in (torch.float32, torch.float64) else feats.float()
+    m = mask.to(x.dtype)
+    na, nb = x.norm(dim=-1).clamp_min(1e-12), text.to(x.dtype).norm(dim=-1).clamp_min(1e-12)
+    # the products divided by the norms rather than normalised copies of the (7B: 4096-wide) features
+    sim = (x @ text.to(x.dtype).transpose(1, 2)) / (na[:, :, None] * nb[:, None, :])
+    return (sim * m[:, None]).sum(-1) / m.sum(-1, keepdim=True).clamp_min(1.0)
+
+
+def gather(model, prune, feats: torch.Tensor, tower_out: dict, input_ids, attention_mask, labels, has_image,
+           crops: list[int]) -> VTPContext:
+    """The VTPContext of one batch: the tower signals from the pass already made, the instruction signals
+    computed here, and only what `prune`'s method declares."""
+    wanted = set(prune.signals)
+    clip = model.clip_text if "relevance" in wanted else None
+    text = None
+    if "text" in wanted or ("relevance" in wanted and clip is None):
+        text = text_context(model.embed_tokens, model.image_token_id, input_ids, attention_mask, labels, has_image,
+                            crops)
+    rel = source = None
+    if clip is not None:
+        ids, mask = prompt_rows(model.image_token_id, input_ids, attention_mask, labels, has_image)
+        rel, source = clip.relevance(tower_out.pop("patches"), ids, mask, crops), SOURCE_CLIP
+    elif "relevance" in wanted:
+        rel, source = llm_relevance(feats.detach(), text["text_embeds"], text["text_mask"]), SOURCE_LLM
+    if "text" not in wanted:
+        text = None
     return VTPContext(text_embeds=(text or {}).get("text_embeds"), text_mask=(text or {}).get("text_mask"),
-                      cls_attention=tower_out.get("cls_attention"), keys=tower_out.get("keys"), generator=generator)
+                      cls_attention=tower_out.get("cls_attention"), keys=tower_out.get("keys"),
+                      generator=prune.generator, relevance=rel, relevance_source=source)
