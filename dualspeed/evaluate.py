@@ -1,6 +1,8 @@
 """Exact-match accuracy of a checkpoint on the synthetic held-out sets (no lmms-eval needed).
 
     python -m dualspeed.evaluate --ckpt runs/x/sft/hf --data resources/synth --mode normal
+    python -m dualspeed.evaluate --ckpt runs/x/sft/hf --data resources/synth --mode normal,pruned,pruned_noiso \
+        --out 'results/metrics/x/{mode}.json'      # every mode in one process, one file each
 """
 from __future__ import annotations
 
@@ -13,7 +15,8 @@ from tqdm import tqdm
 from transformers import set_seed
 
 from . import provenance
-from .infer import MODES, Predictor, Query
+from .checkpoint import read_meta
+from .infer import MODES, Predictor, Query, mode_plan
 from .synth import TASKS
 
 
@@ -38,11 +41,24 @@ def evaluate(ckpt, data_dir, tasks=TASKS, mode="normal", limit=None, **kw) -> di
     return {"scores": scores, "mean": sum(scores.values()) / len(scores), **pred.summary()}
 
 
+def out_paths(out: str | None, modes: list[str]) -> dict[str, str | None]:
+    """mode -> output file; several modes need a '{mode}' in --out."""
+    if out and len(modes) > 1 and "{mode}" not in out:
+        raise SystemExit(f"--out '{out}' names one file for {len(modes)} modes: put '{{mode}}' in it")
+    return {m: (out.replace("{mode}", m) if out else None) for m in modes}
+
+
+def same_as(res: dict, mode: str, source: str) -> dict:
+    """The result of `source` written as `mode`'s, saying so: the run trained no isolator to leave out."""
+    return {**res, "mode": mode, "same_as": source,
+            "note": f"{mode} is {source} inference for a run that trained no isolator: evaluated once"}
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--ckpt", required=True)
     ap.add_argument("--data", required=True)
-    ap.add_argument("--mode", default="normal", choices=sorted(MODES))
+    ap.add_argument("--mode", default="normal", help=f"one or more of {', '.join(MODES)}, comma-separated")
     ap.add_argument("--tasks", default=",".join(f"synth_{t}" for t in TASKS))
     ap.add_argument("--limit", type=int, default=0, help="first N questions per task; 0 = all")
     ap.add_argument("--method", help="VTP method for pruned modes (default: the run's own)")
@@ -52,14 +68,22 @@ def main(argv=None):
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     ap.add_argument("--seed", type=int, default=0, help="seeds everything random (the `random` VTP method)")
-    ap.add_argument("--out")
+    ap.add_argument("--out", help="output JSON; with several modes a template with '{mode}'")
     a = ap.parse_args(argv)
-    set_seed(a.seed)
-    res = evaluate(a.ckpt, a.data, a.tasks.split(","), a.mode, a.limit or None, batch_size=a.batch_size,
-                   method=a.method, ratio=a.ratio, device=a.device, dtype=a.dtype, seed=a.seed)
-    res = {"point": json.loads(a.point), "checkpoint": a.ckpt, "backend": "synthetic", **res,
-           "provenance": provenance.collect()}
-    print(provenance.write_json(a.out, res) if a.out else json.dumps(res, indent=2))
+    plan = mode_plan(read_meta(Path(a.ckpt)), a.mode.split(","))
+    outs = out_paths(a.out, [m for m, _ in plan])
+    done = {}
+    for mode, source in plan:
+        if source:
+            res = same_as(done[source], mode, source)
+        else:
+            set_seed(a.seed)  # each mode draws the same random stream, as in a job of its own
+            res = evaluate(a.ckpt, a.data, a.tasks.split(","), mode, a.limit or None, batch_size=a.batch_size,
+                           method=a.method, ratio=a.ratio, device=a.device, dtype=a.dtype, seed=a.seed)
+            res = {"point": json.loads(a.point), "checkpoint": a.ckpt, "backend": "synthetic", "mode": mode, **res,
+                   "provenance": provenance.collect()}
+        done[mode] = res
+        print(provenance.write_json(outs[mode], res) if outs[mode] else json.dumps(res, indent=2))
 
 
 if __name__ == "__main__":

@@ -17,6 +17,24 @@ from .vtp import clip_text as clip_lib
 MODES = {"normal": (False, False), "pruned": (True, True), "pruned_noiso": (True, False)}
 
 
+def isolator_trained(meta: dict) -> bool:
+    """Whether an export's last stage trained an isolator that pruned inference prepends; without one, pruned and
+    pruned_noiso inference are the same computation."""
+    fs = meta.get("fastslow", {})
+    return bool(fs.get("isolator", True) and fs.get("prune", True))
+
+
+def mode_plan(meta: dict, modes: list[str]) -> list[tuple[str, str | None]]:
+    """(mode, the mode whose result it repeats, or None) in evaluation order: one evaluation where two modes
+    are the same computation (pruned_noiso of a run that trained no isolator is its pruned inference)."""
+    unknown = [m for m in modes if m not in MODES]
+    if unknown:
+        raise ValueError(f"unknown inference mode(s) {unknown}; choose from {', '.join(MODES)}")
+    order = [m for m in MODES if m in modes]
+    reuse = not isolator_trained(meta) and "pruned" in order
+    return [(m, "pruned" if (m == "pruned_noiso" and reuse) else None) for m in order]
+
+
 @dataclass
 class Query:
     question: str
@@ -39,7 +57,7 @@ class Predictor:
         check_aspect(self.processor, self.image_aspect_ratio)
         do_prune, use_isolator = MODES[mode]
         # "pruned" adds the isolator only where the run trained one: an untrained prompt is noise
-        self.isolator = use_isolator and bool(fs.get("isolator", True) and fs.get("prune", True))
+        self.isolator = use_isolator and isolator_trained(self.meta)
         self.prune = None
         if do_prune:
             # default to what the run was trained with; explicit arguments override

@@ -53,6 +53,20 @@ def preprocessing(cfg: dict, stage: str) -> dict:
     return {"image_aspect_ratio": aspect, **{k: d[k] for k in ("plain_end", "image_first", "truncate") if k in d}}
 
 
+def clip_text(cfg: dict) -> str:
+    """The runs' CLIP text tower setting: the config's (default auto) where a grid method reads instruction
+    relevance, else none - a 7B export would otherwise carry ~250 MB of text tower that nothing reads."""
+    from . import vtp
+
+    g = cfg.get("grid")
+    if not g:
+        return cfg["model"].get("clip_text", "auto")
+    names = set(g.get("methods", [])) | {g["method"]}
+    if any("relevance" in vtp.get(n).required_signals() for n in names):
+        return cfg["model"].get("clip_text", "auto")
+    return "none"
+
+
 def warmup_spec(cfg: dict) -> dict:
     paths = data_paths(cfg)
     return {
@@ -76,6 +90,7 @@ def pretrain_spec(cfg: dict, pt: Point) -> dict:
                  "image_grid_pinpoints": copy.deepcopy(m.get("image_grid_pinpoints", []))}
     else:
         model = {"source": "llava", "path": m["path"], "reinit_projector": bool(m.get("reinit_projector", False))}
+    model["clip_text"] = clip_text(cfg)
     return {
         "output_dir": pretrain_dir(cfg, pt.pretrain_tag),
         "model": model,
@@ -97,7 +112,7 @@ def sft_spec(cfg: dict, pt: Point) -> dict:
         train.update(copy.deepcopy(own))
     return {
         "output_dir": sft_dir(cfg, pt),
-        "model": {"source": "llava", "path": f"{pretrain_dir(cfg, pt.pretrain_tag)}/hf"},
+        "model": {"source": "llava", "path": f"{pretrain_dir(cfg, pt.pretrain_tag)}/hf", "clip_text": clip_text(cfg)},
         "data": {"json": paths["sft"], "image_folder": paths["image_folder"], "template": "vicuna_v1",
                  "max_length": cfg["data"].get("max_length", 2048), "bad_images": cfg["data"].get("bad_images", "fail"),
                  **preprocessing(cfg, "sft")},

@@ -58,11 +58,6 @@ class Point:
         return replace(self, seed=int(seed))
 
     @property
-    def has_isolator(self) -> bool:
-        """Whether the run trains an isolator that pruned inference would prepend."""
-        return self.settings["iso"] or self.settings["pre_iso"]
-
-    @property
     def settings(self) -> dict:
         return VARIANTS[self.variant]
 
@@ -151,10 +146,7 @@ def baseline_row(grid: dict) -> Point:
 
 
 def metrics_relpath(pt: Point, mode: str) -> str:
-    """The metrics file of one run under one inference mode, relative to results_dir. Pruned inference
-    without the isolator is pruned inference for a run that trained none: one evaluation, not two."""
-    if mode == "pruned_noiso" and not pt.has_isolator:
-        mode = "pruned"
+    """The metrics file of one run under one inference mode, relative to results_dir."""
     return f"metrics/{pt.path}/{mode}.json"
 
 

@@ -244,3 +244,15 @@ def test_a_clip_of_another_width_is_refused(tiny_model, tokenizer, tmp_path):
     tok.save_pretrained(d)
     with pytest.raises(ConfigError, match="vision width 128 is not the vision tower's 64"):
         tiny_model.attach_clip_text(clip_text.ClipText.load(str(d)), tokenizer)
+
+
+def test_pipeline_attaches_a_text_tower_only_where_a_grid_method_reads_relevance():
+    from dualspeed import recipe
+
+    cfg = {"model": {"source": "compose", "clip_text": "auto"},
+           "grid": {"method": "divprune", "methods": ["divprune", "random"]}}
+    assert recipe.clip_text(cfg) == "none"  # a 7B export would carry a text tower nothing reads
+    cfg["grid"]["methods"].append("cdpruner")
+    assert recipe.clip_text(cfg) == "auto"
+    cfg["model"]["clip_text"] = "none"
+    assert recipe.clip_text(cfg) == "none"

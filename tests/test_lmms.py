@@ -30,19 +30,42 @@ def lmms_run(ckpt, synth_dir, out, mode, tasks="synth_count,synth_presence", ext
     return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
 
 
-def test_three_modes_through_the_lmms_eval_cli(ckpt, synth_dir, tmp_path):
+def test_three_modes_through_the_lmms_eval_cli_in_one_process(ckpt, synth_dir, tmp_path):
+    res = lmms_run(ckpt, synth_dir, tmp_path / "{mode}.json", "normal,pruned,pruned_noiso")
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     seen = {}
     for mode in ("normal", "pruned", "pruned_noiso"):
-        res = lmms_run(ckpt, synth_dir, tmp_path / f"{mode}.json", mode)
-        assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
         m = json.loads((tmp_path / f"{mode}.json").read_text())
-        assert m["backend"] == "lmms_eval" and set(m["scores"]) == {"synth_count", "synth_presence"}
+        assert m["backend"] == "lmms_eval" and m["mode"] == mode and set(m["scores"]) == {"synth_count", "synth_presence"}
         assert all(0 <= v <= 100 for v in m["scores"].values())
-        assert m["samples_per_s"] > 0
+        assert m["samples_per_s"] > 0 and "same_as" not in m  # the run trained an isolator: three evaluations
         assert list((tmp_path / f"{mode}_raw").rglob("*_results.json"))  # raw outputs kept beside
         seen[mode] = m["visual_tokens_per_sample"]
     # 64 tokens normally; k = 6 kept (+ l = 4 isolator tokens) when pruned
     assert seen == {"normal": 64, "pruned": 10, "pruned_noiso": 6}
+    # one process: the same scores as a job of its own for one mode
+    alone = lmms_run(ckpt, synth_dir, tmp_path / "alone.json", "pruned")
+    assert alone.returncode == 0, alone.stdout[-3000:] + alone.stderr[-3000:]
+    assert json.loads((tmp_path / "alone.json").read_text())["scores"] == json.loads(
+        (tmp_path / "pruned.json").read_text())["scores"]
+
+
+def test_modes_that_are_one_computation_are_evaluated_once():
+    from dualspeed.infer import mode_plan
+
+    iso = {"fastslow": {"prune": True, "isolator": True}}
+    plain = {"fastslow": {"prune": True, "isolator": False}}
+    everything = ["pruned_noiso", "normal", "pruned"]
+    assert mode_plan(iso, everything) == [("normal", None), ("pruned", None), ("pruned_noiso", None)]
+    assert mode_plan(plain, everything) == [("normal", None), ("pruned", None), ("pruned_noiso", "pruned")]
+    assert mode_plan(plain, ["pruned_noiso"]) == [("pruned_noiso", None)]
+    with pytest.raises(ValueError, match="bogus"):
+        mode_plan(iso, ["bogus"])
+
+
+def test_several_modes_need_a_mode_template(ckpt, synth_dir, tmp_path):
+    res = lmms_run(ckpt, synth_dir, tmp_path / "one.json", "normal,pruned")
+    assert res.returncode != 0 and "{mode}" in res.stdout + res.stderr
 
 
 def test_unknown_task_and_missing_checkpoint_fail_clearly(ckpt, synth_dir, tmp_path):

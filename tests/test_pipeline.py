@@ -39,19 +39,28 @@ def test_lint_is_clean():
 
 def test_default_grid_dry_run_counts():
     n = dry()
-    # 20 distinct SFT trainings (p-MoD's included, on the baseline's pretraining; DualSpeed with each of the
-    # 6 registered VTP methods); the 11 distinct pretraining settings are each trained once
-    assert n["sft"] == 20 and n["pretrain"] == 11 and n["warmup"] == 1 and n["synthesize"] == 1
-    assert n["evaluate"] == 20 * 3
-    assert n["evaluate_vtp"] == 6  # the baseline under pruned inference with each method
-    assert n["table"] == 8 and n["figure"] == 3
+    # 20 distinct SFT rows (p-MoD's included, on the baseline's pretraining; DualSpeed with each of the 6
+    # registered VTP methods); the 7 rows of the main, mismatch and ablation tables run 3 seeds: 20 + 7 * 2.
+    # 11 distinct pretraining settings at seed 0, the 3 of those rows again per extra seed: 11 + 3 * 2
+    assert n["sft"] == 34 and n["pretrain"] == 17 and n["warmup"] == 1 and n["synthesize"] == 1
+    assert n["evaluate"] == 34  # one job per checkpoint, every inference mode in it
+    assert n["evaluate_vtp"] == 5  # the baseline pruned with each method but its own (its pruned evaluation)
+    assert n["table"] == 9 and n["figure"] == 3  # the paper's 8 tables and the findings table
 
 
 def test_one_table_builds_only_its_runs():
     n = dry(f"{'results'}/tables/ablation.md")
-    assert n["sft"] == 6  # baseline, naiveprune, fastslow, fastslow_iso, dualspeed, dualspeed_noiso
-    assert n["pretrain"] == 3  # full, divprune_p0.9_iso, divprune_p0.9_noiso: shared, not duplicated
+    assert n["sft"] == 6 * 3  # baseline, naiveprune, fastslow, fastslow_iso, dualspeed, dualspeed_noiso; 3 seeds
+    assert n["pretrain"] == 3 * 3  # full, divprune_p0.9_iso, divprune_p0.9_noiso per seed: shared, not duplicated
     assert n["evaluate"] == 18 and n["table"] == 1 and "figure" not in n
+
+
+def test_seeded_rows_of_the_smoke_grid():
+    n = dry("--configfile", "config/smoke.yaml")
+    # 10 rows at seed 0 (the 9 variants and r = 0.5); the mismatch table's 3 rows again at seed 1, each seed on
+    # pretraining runs of its own (3 per seed)
+    assert n["sft"] == 10 + 3 and n["pretrain"] == 3 + 3 and n["evaluate"] == 13
+    assert "evaluate_vtp" not in n  # its one method is the grid's: the baseline's own pruned evaluation
 
 
 @pytest.mark.parametrize("recipe,downloads", [("llava15_7b", 8), ("llava_next_7b", 14)])
@@ -63,8 +72,8 @@ def test_real_recipe_dry_runs(profile, recipe, downloads):
     res = smk("-n", "--forceall", "--cores", "2", *args)
     n = job_counts(res.stdout + res.stderr)
     # LLaVA-NeXT: pretraining JSON + images, SFT JSON + 11 image archives
-    assert n["download"] == downloads and n["sft"] == 17 and n["pretrain"] == 8 and n["evaluate"] == 51
-    assert n["evaluate_vtp"] == 3
+    assert n["download"] == downloads and n["sft"] == 17 and n["pretrain"] == 8 and n["evaluate"] == 17
+    assert n["evaluate_vtp"] == 2
     assert "warmup" not in n
     if profile:
         # GPU training jobs ask Slurm for the config's GPUs; a retry would get a longer runtime
@@ -140,6 +149,10 @@ def test_smoke_pipeline_end_to_end_with_a_new_vtp_method(tmp_path, workflow_copy
         for tag in ("full", "divprune_p0.9_noiso", "divprune_p0.9_iso"):
             assert (work / "runs" / "smoke" / "pretrain" / f"{tag}_s{seed}" / "hf").is_dir()
     assert not (work / "runs" / "smoke" / "sft" / "fastslow" / "divprune" / "p0.9" / "r0.1" / "s1").exists()
+    # one evaluation job per checkpoint; a run without an isolator is pruned once, written for both pruned modes
+    naive = res / "metrics" / "naiveprune" / "divprune" / "p0.9" / "r0" / "s1"
+    alike = [json.loads((naive / f"{m}.json").read_text()) for m in ("pruned", "pruned_noiso")]
+    assert alike[1]["same_as"] == "pruned" and alike[0]["scores"] == alike[1]["scores"] and "same_as" not in alike[0]
     mism = (res / "tables" / "mismatch.csv").read_text().splitlines()
     assert mism[0].split(",")[:3] == ["run", "seeds", "normal %"] and "normal % ±95" in mism[0]
     assert all(",0 1," in row for row in mism[1:])

@@ -41,9 +41,7 @@ def test_the_seed_is_the_runs_seed():
     assert recipe.sft_spec(cfg, pt)["model"]["path"] == "runs/x/pretrain/divprune_p0.9_iso_s2/hf"
 
 
-def test_one_evaluation_where_two_modes_are_the_same_run():
-    assert metrics_relpath(point("naiveprune", "divprune", 0.9, 0.1), "pruned_noiso").endswith("/pruned.json")
-    assert metrics_relpath(point("dualspeed", "divprune", 0.9, 0.1), "pruned_noiso").endswith("/pruned_noiso.json")
+def test_the_grids_own_method_used_training_free_is_the_baselines_pruned_evaluation():
     paths = vtp_inference_paths(GRID)
     assert paths["divprune"] == "metrics/baseline/none/p0/r0/s0/pruned.json"
     assert paths["tome"] == "vtp_inference/tome/p0.9.json"

@@ -1,21 +1,26 @@
-"""Evaluate one checkpoint in one inference mode through the lmms-eval CLI, offline.
+"""Evaluate one checkpoint in one or more inference modes through the lmms-eval CLI, offline.
 
     python -m dualspeed.lmms.run --ckpt runs/.../hf --mode pruned --tasks synth_colour,synth_count \\
         --include-path resources/synth/lmms_tasks --out results/metrics/.../pruned.json
+    python -m dualspeed.lmms.run ... --mode normal,pruned,pruned_noiso --out 'results/metrics/.../{mode}.json'
 
 Writes the normalised metrics JSON the report reads (a score per benchmark in %, visual tokens per
-sample, samples/s) and keeps lmms-eval's raw outputs in <out stem>_raw/.
+sample, samples/s) and keeps lmms-eval's raw outputs in <out stem>_raw/. Every mode runs lmms-eval's
+own CLI entry (`cli_evaluate`, the same arguments as `python -m lmms_eval`) in this one process, so
+lmms-eval and torch are imported once per checkpoint rather than once per mode.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 
 from .. import provenance
+from ..checkpoint import read_meta
+from ..evaluate import out_paths, same_as
+from ..infer import MODES, mode_plan
 
 # Judge-scored benchmarks: lmms-eval would call a GPT judge; here they run predict-only.
 PREDICT_ONLY = {"mmvet", "llava_in_the_wild"}
@@ -30,36 +35,46 @@ def primary_score(task: str, metrics: dict) -> float | None:
     return None
 
 
-def run(a) -> dict:
-    out = Path(a.out)
+def _cli(args: list[str]) -> None:
+    """lmms-eval's CLI entry, in this process: it reads its arguments from sys.argv."""
+    from lmms_eval.__main__ import cli_evaluate
+
+    saved = sys.argv
+    sys.argv = ["lmms_eval", *args]
+    try:
+        cli_evaluate()
+    except SystemExit as e:
+        if e.code not in (None, 0):
+            raise SystemExit(f"lmms-eval exited with {e.code}; see the log above") from e
+    finally:
+        sys.argv = saved
+
+
+def run(a, mode: str, out: str) -> dict:
+    out = Path(out)
     raw = out.with_name(out.stem + "_raw")
     raw.mkdir(parents=True, exist_ok=True)
     stats = raw / "dualspeed_stats.json"
     # batch_size and device reach the model through lmms-eval's own --batch_size / --device
-    model_args = [f"pretrained={a.ckpt}", f"mode={a.mode}", f"dtype={a.dtype}", f"stats_out={stats}", f"seed={a.seed}"]
+    model_args = [f"pretrained={a.ckpt}", f"mode={mode}", f"dtype={a.dtype}", f"stats_out={stats}", f"seed={a.seed}"]
     if a.method:
         model_args.append(f"method={a.method}")
     if a.ratio is not None:
         model_args.append(f"ratio={a.ratio}")
-    base = [sys.executable, "-m", "lmms_eval", "eval", "--model", "dualspeed_llava", "--model_args",
-            ",".join(model_args), "--output_path", str(raw), "--log_samples", "--batch_size", str(a.batch_size),
-            "--device", a.device, "--seed", str(a.seed)]
+    base = ["--model", "dualspeed_llava", "--model_args", ",".join(model_args), "--output_path", str(raw),
+            "--log_samples", "--batch_size", str(a.batch_size), "--device", a.device, "--seed", str(a.seed)]
     if a.include_path:
         base += ["--include_path", a.include_path]
     if a.limit:
         base += ["--limit", str(a.limit)]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
-    if a.hf_home:
-        env["HF_HOME"] = str(Path(a.hf_home).resolve())
     tasks = a.tasks.split(",")
     scored = [t for t in tasks if t not in PREDICT_ONLY]
     judged = [t for t in tasks if t in PREDICT_ONLY]
 
     def lmms_eval(names, *extra):
         cmd = base + ["--tasks", ",".join(names), *extra]
-        print("+", " ".join(cmd), flush=True)
-        if subprocess.run(cmd, env=env).returncode != 0:
-            raise SystemExit(f"lmms-eval failed on {names}; see the log above")
+        print("+ lmms_eval", " ".join(cmd), flush=True)
+        _cli(cmd)
 
     if judged:  # the judge would need a GPT API: keep the predictions, score nothing
         lmms_eval(judged, "--predict_only")
@@ -80,7 +95,7 @@ def run(a) -> dict:
             raise SystemExit(f"task '{task}' has no numeric metric in {results[task]}")
         scores[task] = score
     summary = json.loads(stats.read_text()) if stats.is_file() else {}
-    return {"point": json.loads(a.point), "checkpoint": a.ckpt, "backend": "lmms_eval", "scores": scores,
+    return {"point": json.loads(a.point), "checkpoint": a.ckpt, "backend": "lmms_eval", "mode": mode, "scores": scores,
             "mean": sum(scores.values()) / len(scores) if scores else None, "predict_only": judged,
             "raw_dir": str(raw),
             "note": "judge-scored tasks ran predict-only: their predictions are in the raw outputs, unscored"
@@ -90,7 +105,7 @@ def run(a) -> dict:
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--ckpt", required=True)
-    ap.add_argument("--mode", default="normal", choices=["normal", "pruned", "pruned_noiso"])
+    ap.add_argument("--mode", default="normal", help=f"one or more of {', '.join(MODES)}, comma-separated")
     ap.add_argument("--method")
     ap.add_argument("--ratio", type=float)
     ap.add_argument("--tasks", required=True)
@@ -102,11 +117,20 @@ def main(argv=None):
     ap.add_argument("--limit", type=int, default=0)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--point", default="{}")
-    ap.add_argument("--out", required=True)
+    ap.add_argument("--out", required=True, help="output JSON; with several modes a template with '{mode}'")
     a = ap.parse_args(argv)
     if not (Path(a.ckpt) / "config.json").is_file():
         raise SystemExit(f"no checkpoint at {a.ckpt} (expected a finished run's hf/ dir with config.json)")
-    print(provenance.write_json(a.out, run(a)))
+    plan = mode_plan(read_meta(Path(a.ckpt)), a.mode.split(","))
+    outs = out_paths(a.out, [m for m, _ in plan])
+    # offline, and the converted benchmarks' cache, before lmms-eval (and datasets) are imported
+    os.environ.update({"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"})
+    if a.hf_home:
+        os.environ["HF_HOME"] = str(Path(a.hf_home).resolve())
+    done = {}
+    for mode, source in plan:
+        done[mode] = same_as(done[source], mode, source) if source else run(a, mode, outs[mode])
+        print(provenance.write_json(outs[mode], done[mode]))
 
 
 if __name__ == "__main__":

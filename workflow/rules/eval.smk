@@ -1,29 +1,32 @@
-# Evaluation of every SFT checkpoint under each inference mode -> one normalised metrics JSON each.
+# Evaluation of every SFT checkpoint under each inference mode -> one normalised metrics JSON per mode.
 
 
 rule evaluate:
     input:
         unpack(eval_inputs),
     output:
-        metrics=f"{RES}/metrics/{{variant}}/{{method}}/p{{p}}/r{{r}}/s{{seed}}/{{mode}}.json",
+        # every inference mode of one checkpoint in one job: one model load, one lmms-eval import
+        metrics=[f"{RES}/metrics/{{variant}}/{{method}}/p{{p}}/r{{r}}/s{{seed}}/{m}.json" for m in MODES],
     params:
         e=eval_params,
         cmd=eval_command(),
+        modes=",".join(MODES),
+        out=lambda wc: f"{RES}/metrics/{wc_point(wc).path}/{{mode}}.json",
     conda:
         "../../environment.yml"
     log:
-        f"logs/{RECIPE}/eval/{{variant}}/{{method}}/p{{p}}/r{{r}}/s{{seed}}/{{mode}}.log",
+        f"logs/{RECIPE}/eval/{{variant}}/{{method}}/p{{p}}/r{{r}}/s{{seed}}.log",
     benchmark:
-        f"benchmarks/{RECIPE}/eval/{{variant}}/{{method}}/p{{p}}/r{{r}}/s{{seed}}/{{mode}}.tsv"
+        f"benchmarks/{RECIPE}/eval/{{variant}}/{{method}}/p{{p}}/r{{r}}/s{{seed}}.tsv"
     group:
         "eval"
     threads: THREADS["eval"]
     resources:
         **res("eval", "eval"),
     shell:
-        "OMP_NUM_THREADS={threads} {params.cmd} --ckpt {params.e[ckpt]} --mode {wildcards.mode} "
-        "--method {params.e[method]} --ratio {params.e[p]} --seed {wildcards.seed} --point {params.e[point]:q} --out {output.metrics} "
-        "> {log} 2>&1"
+        "OMP_NUM_THREADS={threads} {params.cmd} --ckpt {params.e[ckpt]} --mode {params.modes} "
+        "--method {params.e[method]} --ratio {params.e[p]} --seed {wildcards.seed} --point {params.e[point]:q} "
+        "--out {params.out:q} > {log} 2>&1"
 
 
 # Training-free VTP: the baseline checkpoint under pruned inference with each method at the grid's p.
