@@ -99,16 +99,11 @@ def question(task: str, scene, rng: random.Random) -> tuple[str, str]:
 
 
 def text_only(rng: random.Random) -> tuple[str, str]:
-    """Questions about the vocabulary itself: text-only samples mixed into the data (the tiny LLM's language
-    knowledge: which words are colours, counting, whether two colour words are the same)."""
+    """Questions about the vocabulary itself: text-only samples mixed into the data."""
     kind = rng.random()
-    if kind < 0.35:
+    if kind < 0.5:
         word = rng.choice(sorted(COLOURS) + QUADRANTS)
         return f"Is {word} a colour ?", "yes" if word in COLOURS else "no"
-    if kind < 0.65:
-        a = rng.choice(sorted(COLOURS))
-        b = a if rng.random() < 0.5 else rng.choice([c for c in sorted(COLOURS) if c != a])
-        return f"Is {a} the same colour as {b} ?", "yes" if a == b else "no"
     a = rng.randint(0, 3)
     return f"What number comes after {NUMBERS[a]} ?", NUMBERS[a + 1]
 

@@ -117,3 +117,20 @@ def test_table_files_carry_mean_and_interval(tmp_path):
     assert "51.85 ± " in md  # NaivePrune: 42 / 81 of the baseline
     csv = (tmp_path / "t" / "mismatch.csv").read_text().splitlines()
     assert "normal % ±95" in csv[0].split(",")
+
+
+def test_a_task_the_baseline_answers_at_chance_is_left_out_and_named(tmp_path):
+    from dualspeed.report.collect import Scorer, chance_bound
+
+    cfg = _fake_grid(tmp_path, {"baseline": [80, 82, 81], "naiveprune": [40, 44, 42], "dualspeed": [81, 80, 82]})
+    for f in Path(cfg["results_dir"]).rglob("*.json"):  # a second task, answered at chance by everyone
+        m = json.loads(f.read_text())
+        f.write_text(json.dumps({**m, "scores": {**m["scores"], "yesno": 52.0}, "samples": 400}))
+    assert chance_bound(50, 200) == pytest.approx(50 + 100 * 1.645 * 0.5 / 200 ** 0.5)
+    assert Scorer(cfg).benchmarks == ["a", "yesno"]  # no chance level configured: kept
+    cfg["eval"]["chance"] = {"yesno": 50, "a": 50}
+    sc = Scorer(cfg)
+    assert sc.benchmarks == ["a"] and set(sc.at_chance) == {"yesno"}
+    assert sc.rel_stat(point("naiveprune", "divprune", 0.9, 0.1)).mean == pytest.approx(100 * 42 / 81)
+    df, caption = build(cfg, "mismatch")
+    assert "yesno (baseline 52.0%, chance 50%)" in caption

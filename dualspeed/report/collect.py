@@ -57,6 +57,13 @@ def baseline(cfg: dict) -> Point:
     return baseline_row(cfg["grid"])
 
 
+def chance_bound(chance: float, n: float) -> float:
+    """The score (in %) a guesser at `chance` % stays under with 95% probability over n questions (normal
+    approximation, one-sided); with no question count, chance itself."""
+    c = chance / 100.0
+    return chance + (100.0 * 1.645 * (c * (1 - c) / n) ** 0.5 if n > 0 else 0.0)
+
+
 def _mean_dicts(ds: list[dict]) -> dict:
     return {k: (None if any(d[k] is None for d in ds) else sum(d[k] for d in ds) / len(ds)) for k in ds[0]}
 
@@ -69,13 +76,22 @@ class Scorer:
         self.seeds = point_seeds(cfg["grid"])
         b = baseline(cfg)
         runs = [b.with_seed(s) for s in self.seeds_of(b)]
-        self.base_scores = _mean_dicts([metrics(cfg, r, "normal")["scores"] for r in runs])
+        base = [metrics(cfg, r, "normal") for r in runs]
+        self.base_scores = _mean_dicts([m["scores"] for m in base])
         self.base_time = _mean_dicts([timings(cfg, r) for r in runs])
         # A ratio to a zero baseline score is undefined: such benchmarks are left out (and named).
         self.excluded = sorted(k for k, v in self.base_scores.items() if v <= 0)
-        self.benchmarks = sorted(k for k, v in self.base_scores.items() if v > 0)
+        # So is a ratio to a baseline that answers at chance (eval.chance): every run would score ~100% of
+        # it, whatever it learned. Left out when the baseline's mean is not above chance by more than the
+        # binomial 95% margin over its questions (each task's share of `samples`) and seeds.
+        per_task = sum(m.get("samples", 0) for m in base) / max(1, len(self.base_scores))
+        self.at_chance = {k: (self.base_scores[k], c) for k, c in (cfg["eval"].get("chance") or {}).items()
+                          if k in self.base_scores and self.base_scores[k] > 0
+                          and self.base_scores[k] <= chance_bound(c, per_task)}
+        self.benchmarks = sorted(k for k, v in self.base_scores.items() if v > 0 and k not in self.at_chance)
         if not self.benchmarks:
-            raise ValueError(f"the baseline run {b.path} scores 0 on every benchmark: relative performance is undefined")
+            raise ValueError(f"the baseline run {b.path} scores 0 or chance on every benchmark: relative performance "
+                             "is undefined")
 
     def seeds_of(self, row: Point) -> list[int]:
         """The seeds of a row; a row outside the config's tables (a user's own point) has the first seed."""

@@ -142,6 +142,10 @@ def build(cfg: dict, name: str) -> tuple[pd.DataFrame, str]:
         caption = f"{what}. {REL} {SPD} {COMPUTE} {SEEDS}"
     if sc.excluded:
         caption += f" Left out of relative performance (baseline scores 0): {', '.join(sc.excluded)}."
+    if sc.at_chance:
+        caption += " Left out of relative performance (the baseline answers at chance, so every run would keep " \
+                   "~100% of it): " + ", ".join(f"{k} (baseline {v:.1f}%, chance {c:g}%)"
+                                                 for k, (v, c) in sorted(sc.at_chance.items())) + "."
     return pd.DataFrame(rows), caption
 
 
