@@ -134,3 +134,19 @@ def test_a_task_the_baseline_answers_at_chance_is_left_out_and_named(tmp_path):
     assert sc.rel_stat(point("naiveprune", "divprune", 0.9, 0.1)).mean == pytest.approx(100 * 42 / 81)
     df, caption = build(cfg, "mismatch")
     assert "yesno (baseline 52.0%, chance 50%)" in caption
+
+
+def test_a_baseline_above_chance_only_by_its_question_count_but_not_by_its_seeds_is_left_out(tmp_path):
+    from dualspeed.report.collect import Scorer
+
+    cfg = _fake_grid(tmp_path, {"baseline": [80, 82, 81], "naiveprune": [40, 44, 42], "dualspeed": [81, 80, 82]})
+    yesno = {0: 50.5, 1: 60.5, 2: 50.5}  # the default grid's baseline presence: 53.8 ± 14.3 over seeds
+    for f in Path(cfg["results_dir"]).rglob("*.json"):
+        m = json.loads(f.read_text())
+        seed = int(f.parent.name[1:])
+        f.write_text(json.dumps({**m, "scores": {**m["scores"], "yesno": yesno[seed]}, "samples": 400}))
+    cfg["eval"]["chance"] = {"yesno": 50}
+    assert set(Scorer(cfg).at_chance) == {"yesno"}  # 53.8 clears the binomial bound (53.4), not the seeds'
+    df, _ = build(cfg, "mismatch")
+    from dualspeed.report.tables import _cell
+    assert _cell(df.iloc[0]["paper pruned %"]) == "-" and _cell(float("nan")) == "-"

@@ -82,12 +82,15 @@ class Scorer:
         # A ratio to a zero baseline score is undefined: such benchmarks are left out (and named).
         self.excluded = sorted(k for k, v in self.base_scores.items() if v <= 0)
         # So is a ratio to a baseline that answers at chance (eval.chance): every run would score ~100% of
-        # it, whatever it learned. Left out when the baseline's mean is not above chance by more than the
-        # binomial 95% margin over its questions (each task's share of `samples`) and seeds.
+        # it, whatever it learned. Left out unless the baseline is shown to be above chance both by its
+        # questions (the binomial 95% margin over each task's share of `samples`, all seeds) and by its seeds
+        # (the lower end of the 95% t-interval of its per-seed scores, with two or more seeds).
         per_task = sum(m.get("samples", 0) for m in base) / max(1, len(self.base_scores))
+        per_seed = {k: stat([m["scores"][k] for m in base]) for k in self.base_scores}
         self.at_chance = {k: (self.base_scores[k], c) for k, c in (cfg["eval"].get("chance") or {}).items()
                           if k in self.base_scores and self.base_scores[k] > 0
-                          and self.base_scores[k] <= chance_bound(c, per_task)}
+                          and (self.base_scores[k] <= chance_bound(c, per_task)
+                               or (per_seed[k].lo is not None and per_seed[k].lo <= c))}
         self.benchmarks = sorted(k for k, v in self.base_scores.items() if v > 0 and k not in self.at_chance)
         if not self.benchmarks:
             raise ValueError(f"the baseline run {b.path} scores 0 or chance on every benchmark: relative performance "

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 from importlib import resources
 from pathlib import Path
 
@@ -172,9 +173,11 @@ def _vtp_inference(cfg: dict, pts, sc: Scorer) -> tuple[list[dict], str]:
 def _cell(v, digits: int = 2):
     if isinstance(v, Stat):
         return v.fmt(digits)
+    if v is None or (isinstance(v, float) and math.isnan(v)):  # pandas turns a missing value into NaN
+        return "-"
     if isinstance(v, float):
         return f"{v:.{digits}f}"
-    return "-" if v is None else v
+    return v
 
 
 def _numeric(df: pd.DataFrame) -> pd.DataFrame:
