@@ -63,3 +63,14 @@ def workflow_copy(tmp_path):
         src = root / item
         (shutil.copytree if src.is_dir() else shutil.copy)(src, work / item)
     return work
+
+
+@pytest.fixture()
+def registry():
+    """VTP methods a test registers are gone after it, so other tests see only the package's own."""
+    from dualspeed.vtp.base import _REGISTRY
+
+    before = dict(_REGISTRY)
+    yield
+    _REGISTRY.clear()
+    _REGISTRY.update(before)

@@ -10,7 +10,7 @@ from dualspeed.config import ConfigError, ModelConfig
 from dualspeed.data import build_prompt, image_first
 from dualspeed.model import Prune
 from dualspeed.vtp import clip_text
-from dualspeed.vtp.base import _REGISTRY, VTPMethod, register
+from dualspeed.vtp.base import VTPMethod, register
 from dualspeed.vtp.cdpruner import normalise
 
 WIDTH = 64  # the tiny LLaVA's vision width (TinyModelConfig.vision_hidden)
@@ -53,14 +53,6 @@ def clip_ref(clip_dir):
     from transformers import CLIPModel, CLIPTokenizer
 
     return CLIPModel.from_pretrained(clip_dir).eval(), CLIPTokenizer.from_pretrained(clip_dir)
-
-
-@pytest.fixture()
-def registry():
-    before = dict(_REGISTRY)
-    yield
-    _REGISTRY.clear()
-    _REGISTRY.update(before)
 
 
 def reference(patches, post_layernorm, turns, clip_ref):

@@ -4,16 +4,7 @@ import torch
 
 from dualspeed import vtp
 from dualspeed.model import Prune
-from dualspeed.vtp.base import _REGISTRY, VTPContext, VTPMethod, register
-
-
-@pytest.fixture()
-def registry():
-    """Methods a test registers are gone after it, so other tests see only the package's own."""
-    before = dict(_REGISTRY)
-    yield
-    _REGISTRY.clear()
-    _REGISTRY.update(before)
+from dualspeed.vtp.base import VTPContext, VTPMethod, register
 
 
 def test_tower_signals_equal_the_attention_maps_of_the_feature_layer(tiny_model, batch):
