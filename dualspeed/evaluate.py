@@ -54,6 +54,17 @@ def same_as(res: dict, mode: str, source: str) -> dict:
             "note": f"{mode} is {source} inference for a run that trained no isolator: evaluated once"}
 
 
+def run_modes(ckpt: str, modes: str, out: str | None, evaluate_one) -> None:
+    """Evaluate a checkpoint in each of the comma-separated modes (one evaluation where two are the same
+    computation) and write or print each result. evaluate_one(mode, out_path) -> the metrics dict."""
+    plan = mode_plan(read_meta(Path(ckpt)), modes.split(","))
+    outs = out_paths(out, [m for m, _ in plan])
+    done = {}
+    for mode, source in plan:
+        done[mode] = same_as(done[source], mode, source) if source else evaluate_one(mode, outs[mode])
+        print(provenance.write_json(outs[mode], done[mode]) if outs[mode] else json.dumps(done[mode], indent=2))
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--ckpt", required=True)
@@ -70,20 +81,15 @@ def main(argv=None):
     ap.add_argument("--seed", type=int, default=0, help="seeds everything random (the `random` VTP method)")
     ap.add_argument("--out", help="output JSON; with several modes a template with '{mode}'")
     a = ap.parse_args(argv)
-    plan = mode_plan(read_meta(Path(a.ckpt)), a.mode.split(","))
-    outs = out_paths(a.out, [m for m, _ in plan])
-    done = {}
-    for mode, source in plan:
-        if source:
-            res = same_as(done[source], mode, source)
-        else:
-            set_seed(a.seed)  # each mode draws the same random stream, as in a job of its own
-            res = evaluate(a.ckpt, a.data, a.tasks.split(","), mode, a.limit or None, batch_size=a.batch_size,
-                           method=a.method, ratio=a.ratio, device=a.device, dtype=a.dtype, seed=a.seed)
-            res = {"point": json.loads(a.point), "checkpoint": a.ckpt, "backend": "synthetic", "mode": mode, **res,
-                   "provenance": provenance.collect()}
-        done[mode] = res
-        print(provenance.write_json(outs[mode], res) if outs[mode] else json.dumps(res, indent=2))
+
+    def one(mode: str, _out) -> dict:
+        set_seed(a.seed)  # each mode draws the same random stream, as in a job of its own
+        res = evaluate(a.ckpt, a.data, a.tasks.split(","), mode, a.limit or None, batch_size=a.batch_size,
+                       method=a.method, ratio=a.ratio, device=a.device, dtype=a.dtype, seed=a.seed)
+        return {"point": json.loads(a.point), "checkpoint": a.ckpt, "backend": "synthetic", "mode": mode, **res,
+                "provenance": provenance.collect()}
+
+    run_modes(a.ckpt, a.mode, a.out, one)
 
 
 if __name__ == "__main__":

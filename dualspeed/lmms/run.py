@@ -18,9 +18,8 @@ import sys
 from pathlib import Path
 
 from .. import provenance
-from ..checkpoint import read_meta
-from ..evaluate import out_paths, same_as
-from ..infer import MODES, mode_plan
+from ..evaluate import run_modes
+from ..infer import MODES
 
 # Judge-scored benchmarks: lmms-eval would call a GPT judge; here they run predict-only.
 PREDICT_ONLY = {"mmvet", "llava_in_the_wild"}
@@ -121,16 +120,11 @@ def main(argv=None):
     a = ap.parse_args(argv)
     if not (Path(a.ckpt) / "config.json").is_file():
         raise SystemExit(f"no checkpoint at {a.ckpt} (expected a finished run's hf/ dir with config.json)")
-    plan = mode_plan(read_meta(Path(a.ckpt)), a.mode.split(","))
-    outs = out_paths(a.out, [m for m, _ in plan])
     # offline, and the converted benchmarks' cache, before lmms-eval (and datasets) are imported
     os.environ.update({"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"})
     if a.hf_home:
         os.environ["HF_HOME"] = str(Path(a.hf_home).resolve())
-    done = {}
-    for mode, source in plan:
-        done[mode] = same_as(done[source], mode, source) if source else run(a, mode, outs[mode])
-        print(provenance.write_json(outs[mode], done[mode]))
+    run_modes(a.ckpt, a.mode, a.out, lambda mode, out: run(a, mode, out))
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ import json
 from pathlib import Path
 
 from .. import recipe
-from ..variants import Point, baseline_row, metrics_relpath, point_seeds
+from ..variants import Point, baseline_row, metrics_relpath, point_seeds, seeds
 from .stats import Pooled, Stat, stat
 
 
@@ -98,7 +98,7 @@ class Scorer:
 
     def seeds_of(self, row: Point) -> list[int]:
         """The seeds of a row; a row outside the config's tables (a user's own point) has the first seed."""
-        return self.seeds.get(row.row, [int(self.cfg["grid"].get("seeds", [0])[0])])
+        return self.seeds.get(row.row, seeds(self.cfg["grid"])[:1])
 
     def runs(self, row: Point) -> list[Point]:
         return [row.row.with_seed(s) for s in self.seeds_of(row)]

@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import pandas as pd
 
-from ..variants import point, table_points
+from ..variants import all_tables, point
 from .collect import Scorer
-from .stats import Diff, Stat, diff, stat
+from .stats import Diff, diff, stat
 
 MARGIN = 2.0
 
@@ -77,9 +77,7 @@ def _findings(g: dict):
 def findings_table(cfg: dict) -> tuple[pd.DataFrame, str]:
     g = cfg["grid"]
     sc = Scorer(cfg)
-    tables = table_points(g)
-    seeded = sorted({pt for name in ("main", "ablation", "per_stage", "mismatch") for pt in tables[name]})
-    pooled = sc.pooled(seeded)
+    pooled = sc.pooled(all_tables(g)["findings"])  # over its rows with two or more seeds
     rows = []
     for text, paper, claim, (ra, ma), (rb, mb) in _findings(g):
         a, b = sc.rel_stat(ra, ma), sc.rel_stat(rb, mb)
@@ -96,5 +94,3 @@ def findings_table(cfg: dict) -> tuple[pd.DataFrame, str]:
                "not reproduced when it lies wholly on the other side; inconclusive otherwise.")
     return pd.DataFrame(rows), caption
 
-
-__all__ = ["findings_table", "verdict", "MARGIN", "Stat"]

@@ -11,7 +11,7 @@ rule evaluate:
         e=eval_params,
         cmd=eval_command(),
         modes=",".join(MODES),
-        out=lambda wc: f"{RES}/metrics/{wc_point(wc).path}/{{mode}}.json",
+        out=lambda wc: metrics_path(wc_point(wc), "{mode}"),  # the CLI's per-mode template
     conda:
         "../../environment.yml"
     log:
