@@ -339,6 +339,12 @@ def main(argv=None):
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     cfg = load_config(args.config, args.set, base=json.loads(args.spec) if args.spec else None)
     timing = run(cfg)
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        # every rank waits for rank 0's export, then the group is torn down before the interpreter exits: a rank
+        # leaving with its gloo/NCCL threads still alive aborted now and then ("terminate called without an
+        # active exception", SIGABRT), failing the launch after a finished run
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
     print(json.dumps(timing))
 
 
