@@ -1,4 +1,4 @@
-"""What produced a run: git commit, package versions, host, command line."""
+"""What produced a run: git commit, package versions and the lock they should match, host, command line."""
 from __future__ import annotations
 
 import importlib.metadata
@@ -10,6 +10,8 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+from . import envlock
 
 PACKAGES = ["dualspeed", "torch", "torchvision", "transformers", "tokenizers", "peft", "accelerate", "deepspeed",
             "lmms-eval", "snakemake", "pandas", "matplotlib"]
@@ -45,6 +47,8 @@ def collect() -> dict:
         "argv": sys.argv,
         "git": git_state(),
         "packages": versions(),
+        # the lock's hash and every installed package that differs from it (empty: the environment is the lock)
+        "environment": envlock.provenance(),
         "python": sys.version.split()[0],
         "host": socket.gethostname(),
         "platform": platform.platform(),

@@ -1,23 +1,42 @@
 #!/usr/bin/env bash
-# Idempotent set-up: a virtual environment in .venv with the pinned stack and this package.
-# Sourced by scripts/run.sh and scripts/test.sh, so each README command works from a fresh clone.
+# Idempotent set-up: a virtual environment (default .venv, or $DUALSPEED_VENV) holding exactly
+# requirements.lock, plus this package (editable). Run by scripts/run.sh and scripts/test.sh, so each
+# README command works from a fresh clone. A changed lock (or this script) rebuilds the venv from empty,
+# so nothing installed earlier survives; it ends by checking the venv against the lock.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 venv="${DUALSPEED_VENV:-$root/.venv}"
+lock="$root/requirements.lock"
 stamp="$venv/.dualspeed-installed"
-# Re-install only when the pinned requirements change.
-want="$(cat "$root/pyproject.toml" "$root/scripts/setup.sh" | sha256sum | cut -d' ' -f1)"
+want="$(cat "$lock" "$root/pyproject.toml" "$root/scripts/setup.sh" | sha256sum | cut -d' ' -f1)"
+if [[ "${1:-}" == "--print-stamp" ]]; then echo "$want"; exit 0; fi
 if [[ -f "$stamp" && "$(cat "$stamp")" == "$want" ]]; then
   exit 0
 fi
-echo "[setup] installing the pinned stack into $venv (first run: about 5 minutes, 7 GB)" >&2
-python3 -m venv "$venv"
+if [[ -e "$venv" && ! -f "$stamp" && -n "$(ls -A "$venv" 2>/dev/null)" ]]; then
+  echo "[setup] $venv exists and was not made by scripts/setup.sh; refusing to replace it." >&2
+  echo "[setup] Point DUALSPEED_VENV at a new folder, or remove $venv." >&2
+  exit 1
+fi
+t0=$SECONDS
+echo "[setup] installing requirements.lock into $venv (first run: about 5 minutes, 7 GB)" >&2
+python3 -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))' ||
+  echo "[setup] warning: the lock is made for Python 3.11; $(python3 --version) may not install it" >&2
+python3 -m venv --clear "$venv"
 pip() { "$venv/bin/python" -m pip "$@" 2> >(grep -v "is ignored: it is neither a file nor a directory" >&2); }
-pip install -q --upgrade pip setuptools wheel "packaging>=24,<26"  # snakemake 9 needs packaging<26
-# torch first: deepspeed's setup.py imports it, so deepspeed is built without isolation
-# (an isolated build env would pull a second multi-GB torch).
-pip install -q torch==2.14.1 torchvision==0.29.1
-DS_BUILD_OPS=0 pip install -q --no-build-isolation deepspeed==0.19.8
-pip install -q -e "$root[dev]"
+# Part of the lock: the records whose package name is (or, with `-v`, is not) in the list.
+lock_part() {
+  awk -v names=" $2 " -v invert="$1" '
+    /^[A-Za-z0-9]/ { split($1, a, "=="); hit = index(names, " " a[1] " ") > 0; keep = invert ? !hit : hit }
+    keep' "$lock"
+}
+# Build tools first: deepspeed and this package are built against them, without isolation.
+pip install -q --require-hashes --no-deps -r <(lock_part 0 "pip setuptools wheel")
+# Everything else but deepspeed: its setup.py imports torch, so torch must be installed before it is built
+# (an isolated build would fetch a second multi-GB torch).
+pip install -q --require-hashes --no-deps -r <(lock_part 1 "pip setuptools wheel deepspeed")
+DS_BUILD_OPS=0 pip install -q --require-hashes --no-deps --no-build-isolation -r <(lock_part 0 "deepspeed")
+PYTHONWARNINGS=ignore pip install -q --no-deps --no-build-isolation -e "$root"
+"$venv/bin/python" -m dualspeed.envlock
 echo "$want" > "$stamp"
-echo "[setup] done" >&2
+echo "[setup] done in $((SECONDS - t0)) s" >&2
