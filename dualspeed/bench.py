@@ -15,7 +15,6 @@ a full-sequence step with the LLM's layers routed per PRD (the same weights plus
 """
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 import time
@@ -23,6 +22,7 @@ import time
 import torch
 from transformers import CLIPVisionConfig, LlamaConfig, set_seed
 
+from . import cli
 from . import flops, vtp
 from .config import RunConfig
 from .fastslow import FAST, FULL, SLOW, mode_loss
@@ -222,7 +222,7 @@ def eval_throughput(ckpt: str, data: str | None = None, rounds: int = 3, n: int 
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = cli.ArgumentParser(description=__doc__)
     ap.add_argument("--preset", choices=sorted(PRESETS), default="tiny")
     ap.add_argument("--steps", type=int, default=20, help="timed rounds (one step of every mode each)")
     ap.add_argument("--burn-in", type=int, default=3)

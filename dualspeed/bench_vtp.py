@@ -12,13 +12,13 @@ add is a CLS-row attention per crop, not timed here).
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import time
 
 import torch
 
+from . import cli
 from . import vtp
 from .bench import PRESETS, sync
 from .vtp import signals
@@ -67,7 +67,7 @@ def vtp_costs(p: dict, device, dtype, reps: int = 3, p_ratio: float = 0.9, fast_
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = cli.ArgumentParser(description=__doc__)
     ap.add_argument("--preset", choices=sorted(PRESETS), default="7b-sft")
     ap.add_argument("--batch", type=int, help="images per batch (default: the preset's)")
     ap.add_argument("--reps", type=int, default=3)

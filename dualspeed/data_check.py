@@ -24,6 +24,7 @@ from pathlib import Path
 from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
+from . import cli
 from .data import DataError, read_rows, sample_problem
 from .provenance import write_json
 
@@ -159,7 +160,7 @@ def checked_rows(data_cfg, out_dir: Path, progress: bool = True) -> tuple[list, 
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m dualspeed.data", description=__doc__,
+    ap = cli.ArgumentParser(prog="python -m dualspeed.data", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
     c = sub.add_parser("check", help="validate every sample and decode every image")

@@ -6,7 +6,6 @@
 """
 from __future__ import annotations
 
-import argparse
 import json
 import re
 from pathlib import Path
@@ -14,6 +13,7 @@ from pathlib import Path
 from tqdm import tqdm
 from transformers import set_seed
 
+from . import cli
 from . import provenance
 from .checkpoint import read_meta
 from .infer import MODES, Predictor, Query, mode_plan
@@ -66,7 +66,7 @@ def run_modes(ckpt: str, modes: str, out: str | None, evaluate_one) -> None:
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = cli.ArgumentParser(description=__doc__)
     ap.add_argument("--ckpt", required=True)
     ap.add_argument("--data", required=True)
     ap.add_argument("--mode", default="normal", help=f"one or more of {', '.join(MODES)}, comma-separated")

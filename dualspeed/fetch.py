@@ -5,7 +5,6 @@
 """
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import os
@@ -15,6 +14,7 @@ import zipfile
 from pathlib import Path
 
 from tqdm import tqdm
+from . import cli
 
 
 def sha256(path: Path) -> str:
@@ -90,7 +90,7 @@ def fetch_benchmark(task: str, cache: Path, stamp: Path) -> None:
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = cli.ArgumentParser(description=__doc__)
     ap.add_argument("what", choices=["file", "benchmark"])
     ap.add_argument("--entry", required=True, help="the manifest entry as JSON (file) or the task name (benchmark)")
     ap.add_argument("--stamp", required=True, type=Path)

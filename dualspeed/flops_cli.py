@@ -10,13 +10,13 @@ resolution of the recipe's pinpoints (a base crop + the full grid, no unpadding)
 """
 from __future__ import annotations
 
-import argparse
 import json
 import math
 from pathlib import Path
 
 import yaml
 
+from . import cli
 from . import flops
 from .pmod import prd_ratios
 
@@ -179,7 +179,7 @@ def measure_pmod(layers: int = 4, text: int = 40) -> dict:
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = cli.ArgumentParser(description=__doc__)
     src = ap.add_mutually_exclusive_group(required=True)
     src.add_argument("--preset", help="a dualspeed.bench preset: " + "tiny, tiny-next, 7b-pretrain, 7b-sft, next-7b-sft")
     src.add_argument("--config", help="a pipeline config (config/*.yaml): its model, stages, p and r")

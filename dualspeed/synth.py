@@ -8,7 +8,6 @@ so pruning 90% of the visual tokens can keep every object - if the pruner picks 
 """
 from __future__ import annotations
 
-import argparse
 import json
 import random
 from dataclasses import asdict, dataclass
@@ -18,6 +17,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
+from . import cli
 from .data import SYSTEM_PROMPT
 
 COLOURS = {
@@ -204,7 +204,7 @@ def build_tokenizer(splits: dict, out: Path):
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = cli.ArgumentParser(description=__doc__)
     ap.add_argument("--out", required=True, type=Path)
     for f, default in asdict(SynthConfig()).items():
         ap.add_argument(f"--{f.replace('_', '-')}", type=type(default), default=default)

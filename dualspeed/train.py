@@ -9,7 +9,6 @@ comparison row: the same loop with Mixture-of-Depths layers in the LLM.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import math
@@ -20,6 +19,7 @@ from pathlib import Path
 import torch
 from transformers import Trainer, TrainingArguments, set_seed
 
+from . import cli
 from . import flops, provenance, vtp
 from .build import load_components, reinit_projector
 from .checkpoint import carry_extras, export_hf, load_trainable, save_trainable
@@ -31,7 +31,7 @@ from .memory import PeakMemory
 from .model import DualSpeedLlava, Prune
 from .tracking import mode_scalars, report_to
 from .vtp import clip_text
-from .resume import resume_point
+from .resume import guard_finished, resume_point
 from .sampler import grouped_sampler
 from .steplog import StepLog, step_totals
 
@@ -233,8 +233,12 @@ def training_args(cfg: RunConfig, out: Path) -> TrainingArguments:
     )
 
 
-def run(cfg: RunConfig) -> dict:
+def run(cfg: RunConfig, force: bool = False) -> dict:
     out = Path(cfg.output_dir)
+    # before anything is written or loaded: a finished run of another config is never overwritten unasked
+    finished = guard_finished(cfg, out, force, write=int(os.environ.get("RANK", "0")) == 0)
+    if finished is not None:
+        return finished
     out.mkdir(parents=True, exist_ok=True)
     t = cfg.train
     # Seed before anything random is built (a fresh projector, the isolator, LoRA, the data order):
@@ -330,15 +334,22 @@ def export(model, tokenizer, processor, path: Path, meta: dict, write: bool, cli
         export_hf(model, tokenizer, processor, path, meta, clip_from)
 
 
-def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def parse_args(argv=None):
+    ap = cli.ArgumentParser(description=__doc__)
     ap.add_argument("--config", help="YAML run config")
     ap.add_argument("--spec", help="run config as a JSON mapping (what the pipeline passes); --config and --set apply on top")
-    ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="override config keys, e.g. train.lr=1e-3")
-    args = ap.parse_args(argv)
+    ap.add_argument("--set", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
+                    help="override config keys, e.g. --set train.lr=1e-3 --set train.epochs=2 (every one applies)")
+    ap.add_argument("--force", action="store_true",
+                    help="replace a finished run of a different config in the output directory (refused without it)")
+    return ap.parse_args(argv)
+
+
+def main(argv=None):
+    args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     cfg = load_config(args.config, args.set, base=json.loads(args.spec) if args.spec else None)
-    timing = run(cfg)
+    timing = run(cfg, force=args.force)
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         # every rank waits for rank 0's export, then the group is torn down before the interpreter exits: a rank
         # leaving with its gloo/NCCL threads still alive aborted now and then ("terminate called without an

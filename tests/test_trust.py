@@ -17,7 +17,8 @@ from dualspeed.checkpoint import EXTRA_FILE, export_hf
 from dualspeed.config import TinyModelConfig, load_config
 from dualspeed.fastslow import ModeIsolator
 from dualspeed.model import DualSpeedLlava
-from dualspeed.train import run
+from dualspeed.resume import FinishedRunError
+from dualspeed.train import parse_args, run
 
 LOSS_COLUMNS = ("step", "mode", "loss", "teacher_ce", "student_ce", "kl", "visual_tokens", "text_tokens", "samples")
 
@@ -110,8 +111,31 @@ def test_a_killed_run_resumes_to_the_uninterrupted_result(synth_dir, pretrained,
 def test_changed_config_does_not_resume_stale_checkpoints(synth_dir, pretrained, tmp_path):
     out = tmp_path / "run"
     run(sft_cfg(synth_dir, out, pretrained, max_steps=3))
+    (out / "timing.json").unlink()  # unfinished, as Snakemake leaves a job it reruns for a changed config
     timing = run(sft_cfg(synth_dir, out, pretrained, max_steps=3, lr=1e-3))
     assert timing["resumed_from"] is None and timing["steps"] == 3
+
+
+def test_a_finished_run_of_another_config_is_refused_and_replaced_only_with_force(synth_dir, pretrained, tmp_path):
+    out = tmp_path / "run"
+    run(sft_cfg(synth_dir, out, pretrained, max_steps=3))
+    before = {p: p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
+    with pytest.raises(FinishedRunError, match=r"keys that differ: train\.lr, train\.max_steps.*--force"):
+        run(sft_cfg(synth_dir, out, pretrained, max_steps=2, lr=1e-3))
+    assert {p: p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()} == before  # nothing touched
+    assert run(sft_cfg(synth_dir, out, pretrained, max_steps=3)) == json.loads((out / "timing.json").read_text())
+    assert {p: p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()} == before  # already finished: kept
+    timing = run(sft_cfg(synth_dir, out, pretrained, max_steps=2, lr=1e-3), force=True)
+    assert timing["steps"] == 2 and timing["resumed_from"] is None
+    assert len(loss_log(out)) == 2
+
+
+def test_repeated_set_flags_all_apply_and_a_repeated_single_option_is_refused(capsys):
+    args = parse_args(["--config", "a.yaml", "--set", "train.lr=1", "--set", "train.epochs=2", "data.json=x"])
+    assert args.set == ["train.lr=1", "train.epochs=2", "data.json=x"]
+    with pytest.raises(SystemExit):
+        parse_args(["--config", "a.yaml", "--config", "b.yaml"])
+    assert "--config was given twice ('a.yaml', then 'b.yaml')" in capsys.readouterr().err
 
 
 def test_non_finite_loss_stops_the_run_naming_step_and_mode(synth_dir, tokenizer, tmp_path):

@@ -11,12 +11,12 @@ lmms-eval and torch are imported once per checkpoint rather than once per mode.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
 from pathlib import Path
 
+from .. import cli
 from .. import provenance
 from ..evaluate import run_modes
 from ..infer import MODES
@@ -102,7 +102,7 @@ def run(a, mode: str, out: str) -> dict:
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = cli.ArgumentParser(description=__doc__)
     ap.add_argument("--ckpt", required=True)
     ap.add_argument("--mode", default="normal", help=f"one or more of {', '.join(MODES)}, comma-separated")
     ap.add_argument("--method")

@@ -4,7 +4,6 @@
 """
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 
@@ -15,6 +14,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from .. import cli
 from .. import recipe  # noqa: E402
 from ..variants import table_points  # noqa: E402
 from .collect import Scorer  # noqa: E402
@@ -174,7 +174,7 @@ def render(cfg: dict, name: str, out: Path):
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = cli.ArgumentParser(description=__doc__)
     ap.add_argument("--config-json", required=True)
     ap.add_argument("--figure", required=True, choices=["pareto", "curves", "speedup"])
     ap.add_argument("--out", required=True, help="output prefix; .png and .pdf are written")

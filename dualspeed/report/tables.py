@@ -4,7 +4,6 @@
 """
 from __future__ import annotations
 
-import argparse
 import json
 import math
 from importlib import resources
@@ -13,6 +12,7 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
+from .. import cli
 from ..variants import DESCRIPTIONS, table_points, vtp_inference_paths
 from .collect import Scorer, metrics, vtp_metrics
 from .stats import Stat, diff, stat
@@ -204,7 +204,7 @@ def write(df: pd.DataFrame, caption: str, prefix: Path) -> None:
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = cli.ArgumentParser(description=__doc__)
     ap.add_argument("--config-json", required=True)
     ap.add_argument("--table", required=True)
     ap.add_argument("--out", required=True, help="output prefix; .md, .csv and .tex are written")
