@@ -25,10 +25,11 @@ from transformers import CLIPVisionConfig, LlamaConfig, set_seed
 from . import cli
 from . import flops, vtp
 from .config import RunConfig
-from .fastslow import FAST, FULL, SLOW, mode_loss
+from .fastslow import mode_loss
 from .build import llava_config
 from .flops_cli import preset_case
 from .model import DualSpeedLlava, Prune
+from .modes import INFERENCE_MODES, STEP_KINDS
 
 VICUNA_7B = dict(d=4096, layers=32, heads=32, inter=11008, vocab=32064)
 CLIP_L_336 = dict(vis_d=1024, vis_layers=24, grid=24)  # 336 px at patch 14: 576 tokens per crop
@@ -42,8 +43,6 @@ PRESETS = {
     "next-7b-sft": dict(**VICUNA_7B, **CLIP_L_336, text=160, batch=4, llm="lora", r=0.1, anyres=True),
 }
 PRESETS["tiny-next"] = {**PRESETS["tiny"], "batch": 8, "anyres": True}
-MODES = {"full": (FULL, False), "fast": (FAST, False), "fast_isolator": (FAST, True), "slow": (SLOW, True),
-         "pmod": (FULL, False)}
 
 
 def next_pinpoints(crop: int) -> list[list[int]]:
@@ -124,18 +123,18 @@ def run(preset: str, steps: int, burn_in: int, p_ratio: float, r: float | None, 
     opt = torch.optim.AdamW([q for q in model.parameters() if q.requires_grad] + list(routers.parameters()), lr=1e-5)
     inputs = batch(p, device, dtype, gen)
     prune = Prune("divprune", p_ratio)
-    modes = [m for m in MODES if m != "slow" or r > 0]  # pretraining never runs slow steps
-    times: dict[str, list[float]] = {m: [] for m in modes}
+    kinds = [k for k in STEP_KINDS if k != "slow" or r > 0]  # pretraining never runs slow steps
+    times: dict[str, list[float]] = {k: [] for k in kinds}
     for i in range(burn_in + steps):
-        for m in modes:
+        for kind in kinds:
             sync(device)
             t0 = time.perf_counter()
-            mode, isolator = MODES[m]
-            model.pmod = routers if m == "pmod" else None
+            mode, isolator = STEP_KINDS[kind]
+            model.pmod = routers if kind == "pmod" else None
             step(model, opt, inputs, mode, prune, isolator)
             sync(device)
             if i >= burn_in:
-                times[m].append(time.perf_counter() - t0)
+                times[kind].append(time.perf_counter() - t0)
     mean = {m: statistics.fmean(v) for m, v in times.items()}
     variant = flops.variants(mean, r)
     speedup = {k: variant["baseline"] / v for k, v in variant.items()}
@@ -203,12 +202,12 @@ def eval_throughput(ckpt: str, data: str | None = None, rounds: int = 3, n: int 
     import json as _json
     from pathlib import Path
 
-    from .infer import MODES, Predictor, Query
+    from .infer import Predictor, Query
 
     data = eval_data_of(ckpt, data)
     rows = _json.loads((Path(data) / "eval_count.json").read_text())[:n]
     queries = [Query(r["question"], Path(data) / r["image"]) for r in rows]
-    preds = {m: Predictor(ckpt, mode=m, batch_size=batch_size) for m in MODES}
+    preds = {m: Predictor(ckpt, mode=m, batch_size=batch_size) for m in INFERENCE_MODES}
     for p in preds.values():  # burn-in
         p.predict(queries[:batch_size])
         p.stats.update(samples=0, seconds=0.0, visual_tokens=0, images=0)

@@ -16,7 +16,8 @@ from transformers import set_seed
 from . import cli
 from . import provenance
 from .checkpoint import read_meta
-from .infer import MODES, Predictor, Query, mode_plan
+from .infer import Predictor, Query, mode_plan
+from .modes import INFERENCE_MODES
 from .synth import TASKS
 
 
@@ -69,7 +70,7 @@ def main(argv=None):
     ap = cli.ArgumentParser(description=__doc__)
     ap.add_argument("--ckpt", required=True)
     ap.add_argument("--data", required=True)
-    ap.add_argument("--mode", default="normal", help=f"one or more of {', '.join(MODES)}, comma-separated")
+    ap.add_argument("--mode", default="normal", help=f"one or more of {', '.join(INFERENCE_MODES)}, comma-separated")
     ap.add_argument("--tasks", default=",".join(f"synth_{t}" for t in TASKS))
     ap.add_argument("--limit", type=int, default=0, help="first N questions per task; 0 = all")
     ap.add_argument("--method", help="VTP method for pruned modes (default: the run's own)")

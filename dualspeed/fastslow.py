@@ -9,8 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-FAST, SLOW = "fast", "slow"
-FULL = "full"  # a step of a stage that never prunes (the baseline)
+from .modes import FAST, FULL, SLOW
+
 
 
 @dataclass(frozen=True)

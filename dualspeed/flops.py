@@ -23,9 +23,9 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from . import vtp
+from .modes import STEP_KINDS
 
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
-MODES = ("full", "fast", "fast_isolator", "slow", "pmod")
 
 
 @dataclass(frozen=True)
@@ -232,8 +232,8 @@ def train_step(s: Shape, st: Setup, batch: list[Sample], mode: str, p: float = 0
                pmod_ratios: list | None = None, distill: bool = True) -> Flops:
     """One training step of a batch in a mode: full, fast, fast_isolator, slow (full-sequence student and,
     with distillation, its no-grad fast-with-isolator teacher) or pmod (full sequence, routed layers)."""
-    if mode not in MODES:
-        raise ValueError(f"unknown mode {mode!r}; expected one of {', '.join(MODES)}")
+    if mode not in STEP_KINDS:
+        raise ValueError(f"unknown step kind {mode!r}; expected one of {', '.join(STEP_KINDS)}")
     if mode == "pmod" and not pmod_ratios:
         raise ValueError("mode 'pmod' needs pmod_ratios (dualspeed.pmod.prd_ratios(layers))")
     if mode != "slow":
@@ -324,7 +324,7 @@ def compute_speedups(s: Shape, st: Setup, batch: list[Sample], p: float, r: floa
     from .pmod import prd_ratios
 
     ratios = pmod_ratios or prd_ratios(s.layers)
-    steps = {m: train_step(s, st, batch, m, p, isolator_len, ratios) for m in MODES}
+    steps = {m: train_step(s, st, batch, m, p, isolator_len, ratios) for m in STEP_KINDS}
     per = variants({m: f.total for m, f in steps.items()}, r)
     return {"mode_flops": {m: f.as_dict() for m, f in steps.items()}, "variant_flops": per,
             "compute_speedup": {k: per["baseline"] / v for k, v in per.items()}, "pmod_ratios": ratios}

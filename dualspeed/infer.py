@@ -11,10 +11,8 @@ from PIL import Image
 from .data import IMAGE_TOKEN, build_prompt, check_aspect, default_aspect, process_image, stack_images
 from .checkpoint import load_exported
 from .model import Prune
+from .modes import INFERENCE_MODES
 from .vtp import clip_text as clip_lib
-
-# inference mode -> (prune visual tokens, prepend the isolator)
-MODES = {"normal": (False, False), "pruned": (True, True), "pruned_noiso": (True, False)}
 
 
 def isolator_trained(meta: dict) -> bool:
@@ -27,10 +25,10 @@ def isolator_trained(meta: dict) -> bool:
 def mode_plan(meta: dict, modes: list[str]) -> list[tuple[str, str | None]]:
     """(mode, the mode whose result it repeats, or None) in evaluation order: one evaluation where two modes
     are the same computation (pruned_noiso of a run that trained no isolator is its pruned inference)."""
-    unknown = [m for m in modes if m not in MODES]
+    unknown = [m for m in modes if m not in INFERENCE_MODES]
     if unknown:
-        raise ValueError(f"unknown inference mode(s) {unknown}; choose from {', '.join(MODES)}")
-    order = [m for m in MODES if m in modes]
+        raise ValueError(f"unknown inference mode(s) {unknown}; choose from {', '.join(INFERENCE_MODES)}")
+    order = [m for m in INFERENCE_MODES if m in modes]
     reuse = not isolator_trained(meta) and "pruned" in order
     return [(m, "pruned" if (m == "pruned_noiso" and reuse) else None) for m in order]
 
@@ -45,8 +43,8 @@ class Predictor:
     def __init__(self, ckpt: str | Path, mode: str = "normal", method: str | None = None, ratio: float | None = None,
                  batch_size: int = 16, device: str = "cpu", dtype: str = "float32", max_new_tokens: int = 16,
                  seed: int = 0, clip_text: str = "auto"):
-        if mode not in MODES:
-            raise ValueError(f"unknown inference mode '{mode}'; choose one of {', '.join(MODES)}")
+        if mode not in INFERENCE_MODES:
+            raise ValueError(f"unknown inference mode '{mode}'; choose one of {', '.join(INFERENCE_MODES)}")
         torch_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
         self.model, self.tokenizer, self.processor, self.meta = load_exported(ckpt, torch_dtype, device)
         fs = self.meta.get("fastslow", {})
@@ -55,7 +53,7 @@ class Predictor:
         self.image_aspect_ratio = (self.meta.get("data", {}).get("image_aspect_ratio")
                                    or default_aspect(self.processor))
         check_aspect(self.processor, self.image_aspect_ratio)
-        do_prune, use_isolator = MODES[mode]
+        do_prune, use_isolator = INFERENCE_MODES[mode]
         # "pruned" adds the isolator only where the run trained one: an untrained prompt is noise
         self.isolator = use_isolator and isolator_trained(self.meta)
         self.prune = None

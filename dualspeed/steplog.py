@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 from transformers import TrainerCallback
 
-from .fastslow import FAST, FULL, SLOW
+from .modes import TRAINING_MODES
 from .resume import checkpoint_step
 from .tracking import group_lrs, group_names
 
@@ -80,7 +80,7 @@ def step_totals(steps_csv: Path, resume: str | None, runtime: float) -> dict:
     return {"train_runtime_s": total, "steps": len(rows), "loop_step_time_s": sum(float(r["step_time_s"]) for r in rows),
             "samples": samples, "visual_tokens": vis, "text_tokens": txt,
             "tokens_per_s": (vis + txt) / total if total else None, "samples_per_s": samples / total if total else None,
-            "mode_steps": {m: sum(r["mode"] == m for r in rows) for m in (FAST, SLOW, FULL)},
+            "mode_steps": {m: sum(r["mode"] == m for r in rows) for m in TRAINING_MODES},
             # FLOPs of every step on every rank (dualspeed/flops.py); rows older than the column count 0
             "flops": sum(float(r.get("flops") or 0) for r in rows),
-            "mode_flops": {m: sum(float(r.get("flops") or 0) for r in rows if r["mode"] == m) for m in (FAST, SLOW, FULL)}}
+            "mode_flops": {m: sum(float(r.get("flops") or 0) for r in rows if r["mode"] == m) for m in TRAINING_MODES}}

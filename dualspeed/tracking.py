@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-from .fastslow import FAST, FULL, SLOW
+from .modes import SLOW, TRAINING_MODES
 
 
 def report_to(name: str) -> list[str]:
@@ -36,7 +36,7 @@ def mode_scalars(window: list[dict]) -> dict[str, float]:
         vals = [float(v) for v in vals if not math.isnan(float(v))]
         return sum(vals) / len(vals) if vals else None
 
-    out = {f"loss_{m}": mean([s["loss"] for s in window if s["mode"] == m]) for m in (FAST, SLOW, FULL)}
+    out = {f"loss_{m}": mean([s["loss"] for s in window if s["mode"] == m]) for m in TRAINING_MODES}
     out.update({k: mean([s[k] for s in window]) for k in ("teacher_ce", "student_ce", "kl")})
     out["visual_tokens"] = mean([s["visual_tokens"] for s in window])
     out["slow_step_frac"] = mean([s["mode"] == SLOW for s in window])

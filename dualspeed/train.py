@@ -26,8 +26,9 @@ from .checkpoint import carry_extras, export_hf, load_trainable, save_trainable
 from .config import RunConfig, dump_config, load_config
 from .data import Collator, LlavaDataset
 from .data_check import checked_rows
-from .fastslow import FAST, FULL, SLOW, ModeSchedule, mode_loss
+from .fastslow import ModeSchedule, mode_loss
 from .memory import PeakMemory
+from .modes import FULL, TRAINING_MODES, TRAINING_MODE_CODES
 from .model import DualSpeedLlava, Prune
 from .tracking import mode_scalars, report_to
 from .vtp import clip_text
@@ -36,8 +37,6 @@ from .sampler import grouped_sampler
 from .steplog import StepLog, step_totals
 
 log = logging.getLogger("dualspeed.train")
-MODE_CODES = {FULL: 0, FAST: 1, SLOW: 2}
-MODE_NAMES = {v: k for k, v in MODE_CODES.items()}
 
 
 def set_trainable(model: DualSpeedLlava, cfg: RunConfig) -> dict[str, int]:
@@ -108,13 +107,13 @@ class DualSpeedTrainer(Trainer):
     def _across_ranks(self, s: dict) -> dict:
         """Sum the step's token and sample counts over ranks, and check every rank ran the same mode:
         a rank that drew another mode would train a different objective (or deadlock in DDP)."""
-        code = MODE_CODES[s["mode"] or FULL]
+        code = TRAINING_MODE_CODES[s["mode"] or FULL]
         local = torch.tensor([[code, s["visual_tokens"], s["text_tokens"], s["samples"], s["flops"]]],
                              dtype=torch.float64, device=self.args.device)
         every = self.accelerator.gather(local).cpu()  # [world, 5]
         if not bool((every[:, 0] == code).all()):
             raise RuntimeError(f"ranks disagree on the mode of optimizer step {self.state.global_step}: "
-                               f"{[MODE_NAMES[int(c)] for c in every[:, 0]]}")
+                               f"{[TRAINING_MODES[int(c)] for c in every[:, 0]]}")
         self.rank_modes_checked += 1
         total = every[:, 1:].sum(0).tolist()
         return {**s, "visual_tokens": int(total[0]), "text_tokens": int(total[1]), "samples": int(total[2]),

@@ -34,7 +34,6 @@ DESCRIPTIONS = {
     "vtp_sft": "VTP only in SFT (always fast, no isolator)",
     "pmod": "p-MoD: Mixture-of-Depths over vision tokens in SFT (TanhNorm, STRing, PRD), no VTP",
 }
-INFERENCE_MODES = ("normal", "pruned", "pruned_noiso")
 
 
 @dataclass(frozen=True, order=True)

@@ -22,7 +22,8 @@ from lmms_eval.api.instance import GenerationResult
 from lmms_eval.api.model import lmms
 from tqdm import tqdm
 
-from ..infer import MODES, Predictor, Query
+from ..infer import Predictor, Query
+from ..modes import INFERENCE_MODES
 
 
 class _Holder:
@@ -41,8 +42,8 @@ class DualSpeedLMM(lmms):
         super().__init__()
         if not (Path(pretrained) / "config.json").is_file():
             raise FileNotFoundError(f"dualspeed_llava: no checkpoint at '{pretrained}' (expected <run>/hf with config.json)")
-        if mode not in MODES:
-            raise ValueError(f"dualspeed_llava: unknown mode '{mode}'; choose one of {', '.join(MODES)}")
+        if mode not in INFERENCE_MODES:
+            raise ValueError(f"dualspeed_llava: unknown mode '{mode}'; choose one of {', '.join(INFERENCE_MODES)}")
         if kwargs:
             raise ValueError(f"dualspeed_llava: unknown model_args {sorted(kwargs)}")
         self._net = _Holder(Predictor(pretrained, mode=mode, method=method or None,

@@ -19,7 +19,7 @@ from pathlib import Path
 from .. import cli
 from .. import provenance
 from ..evaluate import run_modes
-from ..infer import MODES
+from ..modes import INFERENCE_MODES
 
 # Judge-scored benchmarks: lmms-eval would call a GPT judge; here they run predict-only.
 PREDICT_ONLY = {"mmvet", "llava_in_the_wild"}
@@ -104,7 +104,7 @@ def run(a, mode: str, out: str) -> dict:
 def main(argv=None):
     ap = cli.ArgumentParser(description=__doc__)
     ap.add_argument("--ckpt", required=True)
-    ap.add_argument("--mode", default="normal", help=f"one or more of {', '.join(MODES)}, comma-separated")
+    ap.add_argument("--mode", default="normal", help=f"one or more of {', '.join(INFERENCE_MODES)}, comma-separated")
     ap.add_argument("--method")
     ap.add_argument("--ratio", type=float)
     ap.add_argument("--tasks", required=True)

@@ -8,7 +8,8 @@ import yaml
 from snakemake.utils import validate
 
 from dualspeed import plan_check, recipe
-from dualspeed.variants import (INFERENCE_MODES, VARIANTS, all_points, all_tables, baseline_row, fmt,
+from dualspeed.modes import INFERENCE_MODES
+from dualspeed.variants import (VARIANTS, all_points, all_tables, baseline_row, fmt,
                                 metrics_relpath, point, point_seeds, seeds, vtp_inference_paths)
 
 # command-line values coerced to the schema's types; key path, value and what is allowed on the
