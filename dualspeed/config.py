@@ -56,7 +56,7 @@ class ModelConfig:
     reinit_projector: bool = False
     # CLIP text tower for the `relevance` signal (CDPruner): auto = compose: the vision tower's repo; llava: the
     # checkpoint's exported clip_text/ if any; tiny: none. none = the LLM's instruction embeddings. Or a hub
-    # id / dir of a CLIP with its text tower. See dualspeed/vtp/clip_text.py.
+    # id / dir of a CLIP with its text tower. See dualspeed/models/clip_text.py.
     clip_text: str = "auto"
     tiny: TinyModelConfig = field(default_factory=TinyModelConfig)
 

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from dualspeed.infer import Predictor, Query
+from dualspeed.evaluation.predictor import Predictor, Query
 from dualspeed.vtp.cdpruner import cosine
 
 ckpt, data = sys.argv[1], Path(sys.argv[2])

@@ -10,7 +10,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 @pytest.fixture(scope="session")
 def synth_dir(tmp_path_factory):
-    from dualspeed.synth import SynthConfig, generate
+    from dualspeed.data.synth import SynthConfig, generate
 
     out = tmp_path_factory.mktemp("synth")
     generate(out, SynthConfig(seed=0, n_warmup=64, n_pretrain=64, n_sft=64, n_text_only=16, n_eval=16))
@@ -27,8 +27,8 @@ def tokenizer(synth_dir):
 @pytest.fixture()
 def tiny_model(tokenizer):
     from dualspeed.config import TinyModelConfig
-    from dualspeed.build import build_tiny
-    from dualspeed.model import DualSpeedLlava
+    from dualspeed.models.build import build_tiny
+    from dualspeed.models.llava import DualSpeedLlava
 
     torch.manual_seed(0)
     return DualSpeedLlava(build_tiny(TinyModelConfig(), tokenizer, seed=0), isolator_len=4).eval()
@@ -39,8 +39,8 @@ def batch(synth_dir, tokenizer):
     """A mixed batch: image samples and a text-only sample, right-padded."""
     import json
 
-    from dualspeed.data import Collator, LlavaDataset
-    from dualspeed.build import tiny_image_processor
+    from dualspeed.data.dataset import Collator, LlavaDataset
+    from dualspeed.models.build import tiny_image_processor
 
     ds = LlavaDataset(synth_dir / "sft.json", synth_dir, tokenizer, tiny_image_processor(32))
     rows = json.loads((synth_dir / "sft.json").read_text())

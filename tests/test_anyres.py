@@ -7,9 +7,10 @@ from PIL import Image
 
 from dualspeed import vtp
 from dualspeed.config import TinyModelConfig
-from dualspeed.data import Collator, LlavaDataset
-from dualspeed.build import build_tiny, tiny_image_processor
-from dualspeed.model import DualSpeedLlava, Prune
+from dualspeed.data.dataset import Collator, LlavaDataset
+from dualspeed.models.build import build_tiny, tiny_image_processor
+from dualspeed.models.llava import DualSpeedLlava
+from dualspeed.models.prune import Prune
 
 CROP = 16  # tiny crops of 16 px at patch 4: 16 tokens per crop
 PINPOINTS = [[16, 32], [32, 16], [32, 32]]
@@ -87,7 +88,7 @@ def test_each_crop_keeps_its_own_k(next_model, next_batch):
 @pytest.mark.parametrize("name", ["cdpruner", "visionzip", "tome"])
 def test_signal_and_merge_methods_reduce_each_crop_in_one_batched_call(next_model, next_batch, name):
     """Tower signals and instruction rows line up with the crops: each crop reduced alone gives the same tokens."""
-    from dualspeed.vtp import signals
+    from dualspeed.models import signals
 
     k = vtp.keep_count(TOKENS_PER_CROP, 0.75)
     prune = Prune(name, 0.75)
@@ -114,7 +115,7 @@ def test_exported_checkpoint_runs_in_plain_transformers(next_model, next_batch, 
     """Normal mode of our wrapper and LlavaNextForConditionalGeneration on the export give the same logits."""
     from transformers import LlavaNextForConditionalGeneration
 
-    from dualspeed.checkpoint import export_hf
+    from dualspeed.models.checkpoint import export_hf
 
     export_hf(next_model, tokenizer, tiny_image_processor(CROP, PINPOINTS), tmp_path / "hf", {"isolator_len": 4})
     hf = LlavaNextForConditionalGeneration.from_pretrained(tmp_path / "hf").eval()
@@ -132,8 +133,8 @@ def test_exported_checkpoint_runs_in_plain_transformers(next_model, next_batch, 
 def test_train_export_and_infer_a_tiny_llava_next(next_data, synth_dir, tmp_path):
     """DualSpeed SFT (fast and slow steps) on anyres data, then pruned and normal inference of the export."""
     from dualspeed.config import load_config
-    from dualspeed.infer import Predictor, Query
-    from dualspeed.train import run
+    from dualspeed.evaluation.predictor import Predictor, Query
+    from dualspeed.train.run import run
 
     spec = {
         "output_dir": str(tmp_path / "run"),
@@ -175,7 +176,7 @@ def test_compose_builds_either_family_from_an_llm_and_a_clip(tokenizer, tmp_path
     from transformers import CLIPVisionConfig, CLIPVisionModel, LlamaConfig, LlamaForCausalLM, LlavaNextImageProcessor
 
     from dualspeed.config import ModelConfig
-    from dualspeed.build import load_components
+    from dualspeed.models.build import load_components
 
     llm = LlamaForCausalLM(LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64,
                                        num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=2))
@@ -196,7 +197,7 @@ def test_compose_builds_either_family_from_an_llm_and_a_clip(tokenizer, tmp_path
     ids = torch.tensor([[tok.bos_token_id, model.image_token_id, 5, 6, 7]])
     labels = torch.tensor([[-100, -100, -100, 6, 7]])
     side = 2 * CROP if pinpoints else CROP
-    from dualspeed.data import process_image, stack_images
+    from dualspeed.data.images import process_image, stack_images
 
     images = stack_images([process_image(Image.new("RGB", (side, side), "red"), proc)])
     with torch.no_grad():

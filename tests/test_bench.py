@@ -1,4 +1,4 @@
-from dualspeed.bench import run
+from dualspeed.bench.step_time import run
 
 
 def test_bench_times_four_variants_side_by_side():

@@ -1,8 +1,8 @@
 import torch
 
 from dualspeed import vtp
-from dualspeed.bench import PRESETS
-from dualspeed.bench_vtp import vtp_costs
+from dualspeed.bench.presets import PRESETS
+from dualspeed.bench.vtp_cost import vtp_costs
 
 
 def test_every_method_is_timed_on_the_presets_batch_of_crops():

@@ -7,10 +7,10 @@ import torch
 import torch.nn.functional as F
 
 from dualspeed.config import ConfigError, ModelConfig
-from dualspeed.data import build_prompt, image_first
-from dualspeed.model import Prune
-from dualspeed.vtp import clip_text
-from dualspeed.vtp.base import VTPMethod, register
+from dualspeed.data.conversation import build_prompt, image_first
+from dualspeed.models.prune import Prune
+from dualspeed.models import clip_text
+from dualspeed.vtp.base import SOURCE_CLIP, SOURCE_LLM, VTPMethod, register
 from dualspeed.vtp.cdpruner import normalise
 
 WIDTH = 64  # the tiny LLaVA's vision width (TinyModelConfig.vision_hidden)
@@ -133,7 +133,7 @@ def test_clip_relevance_in_the_model_reuses_the_tower_pass(tiny_model, batch, to
     with torch.no_grad():
         tiny_model(**batch, prune=Prune("relevance_probe", 0.9))
     ctx = seen["ctx"]
-    assert ctx.relevance_source == clip_text.SOURCE_CLIP and ctx.text_embeds is None  # only what is declared
+    assert ctx.relevance_source == SOURCE_CLIP and ctx.text_embeds is None  # only what is declared
     tower = tiny_model.llava.model.vision_tower
     rows = [r for r in json.loads((synth_dir / "sft.json").read_text()) if "image" in r][:3]  # the batch's
     with torch.no_grad():
@@ -142,7 +142,7 @@ def test_clip_relevance_in_the_model_reuses_the_tower_pass(tiny_model, batch, to
             turns = [rows[i]["conversations"][0]["value"].replace("<image>", "").strip()]
             ref = reference(feats, tower.vision_model.post_layernorm, turns, clip_ref)
             torch.testing.assert_close(ctx.relevance[i], ref, rtol=1e-5, atol=1e-5)
-    assert tiny_model.signal_sources(("relevance",)) == {"relevance": clip_text.SOURCE_CLIP, "clip_text": str(clip_dir)}
+    assert tiny_model.signal_sources(("relevance",)) == {"relevance": SOURCE_CLIP, "clip_text": str(clip_dir)}
     tiny_model.train()
     out = tiny_model(**batch, prune=Prune("cdpruner", 0.9), isolator=True)
     out.ce.backward()
@@ -161,8 +161,8 @@ def run_cfg(synth_dir, out, **over):
 
 
 def test_source_is_recorded_in_training_export_and_evaluation(synth_dir, tmp_path, clip_dir):
-    from dualspeed.infer import Predictor, Query
-    from dualspeed.train import run
+    from dualspeed.evaluation.predictor import Predictor, Query
+    from dualspeed.train.run import run
 
     run(run_cfg(synth_dir, tmp_path / "clip", **{"model.clip_text": str(clip_dir)}))
     vtp_info = json.loads((tmp_path / "clip" / "provenance.json").read_text())["vtp"]
@@ -177,7 +177,7 @@ def test_source_is_recorded_in_training_export_and_evaluation(synth_dir, tmp_pat
     # read from the export, offline; the origin survives the copy
     assert pred.summary()["vtp"]["sources"] == {"relevance": "clip_text", "clip_text": str(clip_dir)}
     llm = Predictor(hf, mode="pruned", clip_text="none").summary()["vtp"]
-    assert llm["sources"] == {"relevance": clip_text.SOURCE_LLM} and llm["negate"] is False
+    assert llm["sources"] == {"relevance": SOURCE_LLM} and llm["negate"] is False
     # the next stage, from that export with model.clip_text left at auto, reads the export's copy
     run(run_cfg(synth_dir, tmp_path / "next", **{"model.source": "llava", "model.path": str(hf)}))
     vtp_info = json.loads((tmp_path / "next" / "provenance.json").read_text())["vtp"]
@@ -206,7 +206,7 @@ def test_tiny_default_and_resolution_rules(synth_dir, clip_dir):
 def test_configured_but_missing_text_tower_fails_before_training(synth_dir, tmp_path, clip_dir):
     from transformers import CLIPVisionConfig, CLIPVisionModel
 
-    from dualspeed.train import run
+    from dualspeed.train.run import run
 
     missing = tmp_path / "no_clip_here"
     with pytest.raises(ConfigError, match=r"config key 'model.clip_text' is .*no_clip_here.* Fix: .*none"):
@@ -239,7 +239,7 @@ def test_a_clip_of_another_width_is_refused(tiny_model, tokenizer, tmp_path):
 
 
 def test_pipeline_attaches_a_text_tower_only_where_a_grid_method_reads_relevance():
-    from dualspeed import recipe
+    from dualspeed.grid import recipe
 
     cfg = {"model": {"source": "compose", "clip_text": "auto"},
            "grid": {"method": "divprune", "methods": ["divprune", "random"]}}

@@ -2,8 +2,10 @@ import json
 
 import pytest
 
-from dualspeed.data import IGNORE, DataError, LlavaDataset, build_prompt, load_samples
-from dualspeed.build import tiny_image_processor
+from dualspeed.data.conversation import IGNORE, build_prompt
+from dualspeed.data.dataset import LlavaDataset
+from dualspeed.data.samples import DataError, load_samples
+from dualspeed.models.build import tiny_image_processor
 
 
 def _write(tmp_path, rows):

@@ -7,9 +7,9 @@ import sys
 import pytest
 
 from dualspeed.config import load_config
-from dualspeed.data import DataError
-from dualspeed.data_check import check_data
-from dualspeed.train import run
+from dualspeed.data.samples import DataError
+from dualspeed.data.check import check_data
+from dualspeed.train.run import run
 
 
 @pytest.fixture()

@@ -6,7 +6,10 @@ import textwrap
 import pytest
 import torch
 
-from dualspeed.fastslow import FAST, SLOW, ModeIsolator, ModeSchedule, answer_logits, distill_kl
+from dualspeed.models.isolator import ModeIsolator
+from dualspeed.models.llava import answer_logits
+from dualspeed.modes import FAST, SLOW
+from dualspeed.train.losses import ModeSchedule, distill_kl
 
 
 def test_schedule_is_deterministic_and_has_rate_r():
@@ -53,7 +56,7 @@ def test_two_gloo_ranks_draw_the_same_modes(tmp_path):
     script = tmp_path / "ranks.py"
     script.write_text(textwrap.dedent("""
         import torch, torch.distributed as dist
-        from dualspeed.fastslow import ModeSchedule
+        from dualspeed.train.losses import ModeSchedule
         dist.init_process_group("gloo")
         s = ModeSchedule(0.3, seed=7)
         mine = torch.tensor([s.mode(i) == "slow" for i in range(200)], dtype=torch.int64)

@@ -6,7 +6,7 @@ import zipfile
 
 import pytest
 
-from dualspeed.fetch import fetch_file
+from dualspeed.data.fetch import fetch_file
 
 
 def _tar(path, files: dict):

@@ -9,12 +9,15 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from dualspeed import flops
-from dualspeed.build import build_tiny, llava_config
+from dualspeed.models import flops
+from dualspeed.models.build import build_tiny, llava_config
 from dualspeed.config import RunConfig, TinyModelConfig
-from dualspeed.fastslow import FAST, FULL, SLOW, mode_loss
-from dualspeed.model import DualSpeedLlava, Prune
-from dualspeed.train import set_trainable
+from dualspeed.modes import FAST, FULL, SLOW
+from dualspeed.train.losses import mode_loss
+from dualspeed.models.llava import DualSpeedLlava
+from dualspeed.models.prune import Prune
+from dualspeed.train.freeze import set_trainable
+from dualspeed.train.step_flops import samples as step_samples
 
 TOL = 0.01  # the issue asks for 5%; the model is exact up to the rotary embedding's one small product
 
@@ -57,7 +60,7 @@ def test_tiny_training_step_matches_the_counter(case, tokenizer, batch):
     prune = Prune("divprune", 0.9)
     got = counted(lambda: mode_loss(model, batch, mode, prune, iso).loss.backward())
     s = flops.Shape.from_hf(model.config)
-    samples = flops.samples(batch, [1] * int(batch["has_image"].sum()), [s.patches] * int(batch["has_image"].sum()))
+    samples = step_samples(batch, [1] * int(batch["has_image"].sum()), [s.patches] * int(batch["has_image"].sum()))
     want = flops.train_step(s, setup, samples, model_mode, 0.9, 4, model.pmod.ratios if model.pmod else None).total
     assert abs(want - got) / got < TOL, (case, want, got)
     if model_mode == "pmod":  # at least two MoD layers route before the last one
@@ -69,7 +72,7 @@ def test_without_checkpointing_the_recompute_is_gone(tokenizer, batch):
     got = counted(lambda: mode_loss(model, batch, FULL, None, False).loss.backward())
     s = flops.Shape.from_hf(model.config)
     n = int(batch["has_image"].sum())
-    f = flops.train_step(s, setup, flops.samples(batch, [1] * n, [s.patches] * n), "full")
+    f = flops.train_step(s, setup, step_samples(batch, [1] * n, [s.patches] * n), "full")
     assert f.recompute == 0 and abs(f.total - got) / got < TOL
 
 
@@ -77,7 +80,7 @@ def test_tiny_prefill_matches_the_counter_and_pmod_caches_fewer_tokens(tokenizer
     model, _ = tiny(tokenizer, "frozen", ckpt=False, pmod=True)
     model.eval()
     s = flops.Shape.from_hf(model.config)
-    from dualspeed.pmod_measure import measure_prefill
+    from dualspeed.bench.pmod_measure import measure_prefill
 
     got = measure_prefill(model, text=40)
     for mode in ("normal", "pmod"):
@@ -91,7 +94,7 @@ def test_tiny_prefill_matches_the_counter_and_pmod_caches_fewer_tokens(tokenizer
 def _meta_llava_7b():
     from transformers import CLIPVisionConfig, LlamaConfig
 
-    from dualspeed.bench import CLIP_L_336, VICUNA_7B
+    from dualspeed.bench.presets import CLIP_L_336, VICUNA_7B
 
     v, t = CLIP_L_336, VICUNA_7B
     vision = CLIPVisionConfig(hidden_size=v["vis_d"], intermediate_size=4 * v["vis_d"], num_hidden_layers=v["vis_layers"],
@@ -146,7 +149,7 @@ def test_7b_shaped_llava_on_meta_matches_the_counter(mode):
 def test_a_run_records_the_flops_torch_counts_and_its_peak_memory(synth_dir, tmp_path, monkeypatch):
     """A short DualSpeed SFT run (fast and slow steps) under FlopCounterMode: the FLOPs it writes to
     timing.json agree with what torch counted over the whole run (its export's LoRA merge included)."""
-    from dualspeed import train
+    from dualspeed.train import run as train
     from test_train import tiny_cfg
 
     real = train.load_components

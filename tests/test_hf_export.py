@@ -10,12 +10,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from dualspeed.build import build_tiny, tiny_image_processor
-from dualspeed.checkpoint import export_hf, load_exported
+from dualspeed.models.build import build_tiny, tiny_image_processor
+from dualspeed.models.checkpoint import export_hf, load_exported
 from dualspeed.config import TinyModelConfig
-from dualspeed.data import IMAGE_TOKEN, build_prompt
-from dualspeed.infer import Predictor, Query
-from dualspeed.model import DualSpeedLlava
+from dualspeed.data.conversation import IMAGE_TOKEN, build_prompt
+from dualspeed.evaluation.predictor import Predictor, Query
+from dualspeed.models.llava import DualSpeedLlava
 
 SCRIPT = Path(__file__).with_name("plain_hf_roundtrip.py")
 PINPOINTS = [[16, 32], [32, 16], [32, 32]]
@@ -79,7 +79,7 @@ def test_plain_transformers_reproduces_the_harness(family, synth_dir, tokenizer,
 
 
 def test_chat_template_renders_multi_turn_like_training(tokenizer):
-    from dualspeed.hf_files import chat_template
+    from dualspeed.data.conversation import chat_template
 
     conv = [{"from": "human", "value": IMAGE_TOKEN + "\nWhat colour is the object ?"}, {"from": "gpt", "value": "red"},
             {"from": "human", "value": "How many objects are there ?"}, {"from": "gpt", "value": "one"}]

@@ -6,15 +6,15 @@ import sys
 
 import pytest
 
-from dualspeed.infer import Predictor, Query
-from dualspeed.lmms.tasks import write_tasks
-from dualspeed.synth import TASKS
+from dualspeed.evaluation.predictor import Predictor, Query
+from dualspeed.data.synth_tasks import write_tasks
+from dualspeed.data.synth_tasks import TASKS
 
 
 @pytest.fixture(scope="module")
 def ckpt(synth_dir, tmp_path_factory):
     from test_train import tiny_cfg  # tests/ is on sys.path (no package)
-    from dualspeed.train import run
+    from dualspeed.train.run import run
 
     out = tmp_path_factory.mktemp("lmms_ckpt")
     run(tiny_cfg(synth_dir, out, **{"train.max_steps": 3}))
@@ -23,7 +23,7 @@ def ckpt(synth_dir, tmp_path_factory):
 
 def lmms_run(ckpt, synth_dir, out, mode, tasks="synth_count,synth_presence", extra=()):
     write_tasks(synth_dir, TASKS)
-    cmd = [sys.executable, "-m", "dualspeed.lmms.run", "--ckpt", str(ckpt), "--mode", mode, "--tasks", tasks,
+    cmd = [sys.executable, "-m", "dualspeed.evaluation.lmms", "--ckpt", str(ckpt), "--mode", mode, "--tasks", tasks,
            "--include-path", str(synth_dir / "lmms_tasks"), "--batch-size", "4", "--limit", "6", "--out", str(out),
            *extra]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
@@ -51,7 +51,7 @@ def test_three_modes_through_the_lmms_eval_cli_in_one_process(ckpt, synth_dir, t
 
 
 def test_modes_that_are_one_computation_are_evaluated_once():
-    from dualspeed.infer import mode_plan
+    from dualspeed.evaluation.predictor import mode_plan
 
     iso = {"fastslow": {"prune": True, "isolator": True}}
     plain = {"fastslow": {"prune": True, "isolator": False}}

@@ -1,6 +1,6 @@
 import torch
 
-from dualspeed.model import Prune
+from dualspeed.models.prune import Prune
 
 
 def test_keep_ratio_one_equals_no_pruning(tiny_model, batch):

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from dualspeed.plan_check import PlanError, check, coerce_to_schema
+from dualspeed.grid.plan_check import PlanError, check, coerce_to_schema
 
 ROOT = Path(__file__).resolve().parents[1]
 SCHEMA = ROOT / "workflow" / "schemas" / "config.schema.yaml"
@@ -75,12 +75,12 @@ def test_snakemake_takes_nested_overrides_on_the_command_line(tmp_path):
     assert bad.returncode != 0 and "'eval.tasks' names ['synth_nosuch']" in bad.stdout + bad.stderr
 
 
-def test_bench_eval_ckpt_reads_the_data_its_run_trained_on(synth_dir, tmp_path):
-    from dualspeed.bench import eval_data_of
+def test_bench_throughput_reads_the_data_its_run_trained_on(synth_dir, tmp_path):
+    from dualspeed.bench.throughput import eval_data_of
 
     run = tmp_path / "run"
     (run / "hf").mkdir(parents=True)
-    with pytest.raises(SystemExit, match="pass --eval-data <synthetic data root>"):
+    with pytest.raises(SystemExit, match="pass --data <synthetic data root>"):
         eval_data_of(str(run / "hf"), None)
     (run / "config.resolved.yaml").write_text(yaml.safe_dump({"data": {"json": str(synth_dir / "sft.json")}}))
     assert eval_data_of(str(run / "hf"), None) == str(synth_dir)

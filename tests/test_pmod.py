@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from dualspeed import pmod
+from dualspeed.models import pmod
 from dualspeed.config import ConfigError, load_config
 
 
@@ -117,7 +117,7 @@ def test_cached_decoding_equals_recomputing_the_routed_sequence(tiny_model, batc
     # reference: no cache, the whole (routed) sequence recomputed for every new token
     labels = torch.full_like(ids, -100)
     visual = m.visual_tokens(batch["pixel_values"], ids, mask, labels, batch["has_image"], None, False)
-    from dualspeed.model import _left_to_right
+    from dualspeed.models.llava import _left_to_right
 
     r_ids, r_mask = _left_to_right(ids, mask)
     emb, emask, _, vis = m.splice(r_ids, r_mask, labels, visual, batch["has_image"], pad_left=True)
@@ -134,8 +134,8 @@ def test_cached_decoding_equals_recomputing_the_routed_sequence(tiny_model, batc
 
 
 def test_export_keeps_the_routers(tiny_model, batch, tokenizer, tmp_path):
-    from dualspeed.build import tiny_image_processor
-    from dualspeed.checkpoint import export_hf, load_exported
+    from dualspeed.models.build import tiny_image_processor
+    from dualspeed.models.checkpoint import export_hf, load_exported
 
     m = _routed(tiny_model, [None, 0.25]).eval()
     export_hf(m, tokenizer, tiny_image_processor(32), tmp_path / "hf", {"isolator_len": 4})
@@ -163,7 +163,7 @@ def test_tiny_pmod_run_trains_the_routers_of_two_mod_layers(synth_dir, tmp_path)
     from safetensors.torch import load_file
     from test_train import tiny_cfg
 
-    from dualspeed.train import run
+    from dualspeed.train.run import run
 
     out = tmp_path / "pmod"
     run(tiny_cfg(synth_dir, out, **{"model.tiny.llm_layers": 4, "fastslow.prune": False, "pmod.enabled": True,
@@ -180,8 +180,8 @@ def test_real_recipes_train_pmod_with_its_own_sft_recipe():
 
     import yaml
 
-    from dualspeed.recipe import sft_spec
-    from dualspeed.variants import point
+    from dualspeed.grid.recipe import sft_spec
+    from dualspeed.grid.variants import point
 
     for name in ("llava15_7b", "llava_next_7b"):
         cfg = yaml.safe_load((Path(__file__).parents[1] / "config" / f"{name}.yaml").read_text())

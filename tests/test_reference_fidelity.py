@@ -6,12 +6,16 @@ import pytest
 import torch
 from PIL import Image
 
-from dualspeed.build import tiny_image_processor
+from dualspeed.models.build import tiny_image_processor
 from dualspeed.config import ConfigError, load_config
-from dualspeed.data import (IGNORE, Collator, DataError, LlavaDataset, build_prompt, expand_to_square, image_first,
-                            process_image)
-from dualspeed.fastslow import SLOW, ModeIsolator, align_answers, distill_kl, mode_loss
-from dualspeed.sampler import ModalityLengthSampler, modality_grouped
+from dualspeed.data.conversation import IGNORE, build_prompt, image_first
+from dualspeed.data.dataset import Collator, LlavaDataset
+from dualspeed.data.images import expand_to_square, process_image
+from dualspeed.data.samples import DataError
+from dualspeed.models.isolator import ModeIsolator
+from dualspeed.modes import SLOW
+from dualspeed.train.losses import align_answers, distill_kl, mode_loss
+from dualspeed.data.sampler import ModalityLengthSampler, modality_grouped
 
 
 # -- 1. images: pad to a square on the mean colour ------------------------------------------------
@@ -42,8 +46,8 @@ def test_aspect_ratio_must_fit_the_model(synth_dir, tokenizer):
 
 def test_evaluation_preprocesses_images_as_training_did(synth_dir, tokenizer, tmp_path):
     """The export records the stage's image_aspect_ratio; the predictor pads a wide image exactly as training."""
-    from dualspeed.infer import Predictor, Query
-    from dualspeed.train import run
+    from dualspeed.evaluation.predictor import Predictor, Query
+    from dualspeed.train.run import run
 
     wide = tmp_path / "wide.png"
     Image.new("RGB", (48, 24), (0, 200, 0)).save(wide)
@@ -87,7 +91,7 @@ def test_grouped_sampler_never_mixes_modalities_and_sorts_each_megabatch():
 
 
 def test_trainer_batches_one_modality_per_step(synth_dir, tmp_path):
-    from dualspeed.train import run
+    from dualspeed.train.run import run
 
     rows = json.loads((synth_dir / "sft.json").read_text())
     n_img = sum("image" in r for r in rows)
@@ -177,7 +181,7 @@ def test_long_sample_is_cut_after_splicing_where_the_reference_cuts(tiny_model, 
 
 def test_distillation_compares_the_answer_tokens_both_kept(tiny_model, batch):
     """A cut full sequence keeps fewer answer tokens than its pruned teacher: the KL runs on the common prefix."""
-    from dualspeed.model import Prune
+    from dualspeed.models.prune import Prune
 
     tiny_model.max_length = int(batch["attention_mask"].sum(1).max()) - 1 + 64 - 2
     r = mode_loss(tiny_model, batch, SLOW, Prune("divprune", 0.9), isolator=True, tau=2.0)
@@ -198,8 +202,8 @@ def test_collated_text_is_cut_to_max_length_before_splicing(synth_dir, tokenizer
 def test_real_recipes_choose_the_reference_settings():
     import yaml
 
-    from dualspeed.recipe import pretrain_spec, sft_spec
-    from dualspeed.variants import point
+    from dualspeed.grid.recipe import pretrain_spec, sft_spec
+    from dualspeed.grid.variants import point
 
     def merged(path):
         cfg = yaml.safe_load(open("config/config.yaml"))

@@ -49,8 +49,8 @@ def test_vtp_inference_table_sets_training_free_beside_trained(tmp_path):
     import json
     from pathlib import Path
 
-    from dualspeed import recipe
-    from dualspeed.variants import point
+    from dualspeed.grid import recipe
+    from dualspeed.grid.variants import point
 
     cfg = _cfg(tmp_path)
     cfg["grid"]["methods"] = ["divprune", "tome"]
@@ -86,7 +86,7 @@ def test_speedups_carry_the_compute_speedup_from_recorded_flops(tmp_path):
     import json
 
     from dualspeed.report.collect import Scorer
-    from dualspeed.variants import point
+    from dualspeed.grid.variants import point
 
     cfg = _cfg(tmp_path)
     runs = {point("baseline", "divprune", 0.9, 0.1): (10.0, 40.0, 4e12, 8e12, {"full": 3 * 2**20}),

@@ -5,11 +5,11 @@ from pathlib import Path
 import pytest
 from scipy import stats as st
 
-from dualspeed import recipe
+from dualspeed.grid import recipe
 from dualspeed.report.findings import MARGIN, verdict
 from dualspeed.report.stats import Diff, Pooled, diff, stat
 from dualspeed.report.tables import build
-from dualspeed.variants import all_points, metrics_relpath, point, point_seeds, vtp_inference_paths
+from dualspeed.grid.variants import all_points, metrics_relpath, point, point_seeds, vtp_inference_paths
 
 GRID = {"method": "divprune", "p": 0.9, "r": 0.1, "methods": ["divprune", "tome"], "p_sweep": [0.5, 0.9],
         "r_sweep": [0.1, 0.5], "seeds": [0, 1, 2], "seeded_tables": ["main", "mismatch", "ablation"]}

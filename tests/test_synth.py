@@ -1,6 +1,6 @@
 import json
 
-from dualspeed.synth import SynthConfig, generate
+from dualspeed.data.synth import SynthConfig, generate
 
 
 def test_synthetic_data_is_deterministic(tmp_path):

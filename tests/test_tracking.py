@@ -3,7 +3,7 @@ steps.csv's LR columns holding the LR each group used in that step."""
 import pytest
 
 from dualspeed.config import ConfigError
-from dualspeed.train import run
+from dualspeed.train.run import run
 from test_train import read_steps, tiny_cfg  # tests/ is on sys.path (no package)
 
 

@@ -6,10 +6,11 @@ import torch
 from safetensors.torch import load_file
 
 from dualspeed.config import ConfigError, load_config
-from dualspeed.build import build_tiny
-from dualspeed.checkpoint import load_trainable, save_trainable
-from dualspeed.model import DualSpeedLlava
-from dualspeed.train import run, set_trainable
+from dualspeed.models.build import build_tiny
+from dualspeed.models.checkpoint import load_trainable, save_trainable
+from dualspeed.models.llava import DualSpeedLlava
+from dualspeed.train.freeze import set_trainable
+from dualspeed.train.run import run
 
 
 def tiny_cfg(synth_dir, out, **over):

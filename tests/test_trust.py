@@ -12,13 +12,14 @@ import torch
 from safetensors.torch import load_file
 from transformers import CLIPImageProcessor
 
-from dualspeed.build import build_tiny, tiny_image_processor
-from dualspeed.checkpoint import EXTRA_FILE, export_hf
+from dualspeed.models.build import build_tiny, tiny_image_processor
+from dualspeed.models.checkpoint import EXTRA_FILE, export_hf
 from dualspeed.config import TinyModelConfig, load_config
-from dualspeed.fastslow import ModeIsolator
-from dualspeed.model import DualSpeedLlava
-from dualspeed.resume import FinishedRunError
-from dualspeed.train import parse_args, run
+from dualspeed.models.isolator import ModeIsolator
+from dualspeed.models.llava import DualSpeedLlava
+from dualspeed.train.resume import FinishedRunError
+from dualspeed.train.__main__ import parse_args
+from dualspeed.train.run import run
 
 LOSS_COLUMNS = ("step", "mode", "loss", "teacher_ce", "student_ce", "kl", "visual_tokens", "text_tokens", "samples")
 

@@ -3,8 +3,8 @@ import pytest
 import torch
 
 from dualspeed import vtp
-from dualspeed.vtp.clip_text import SOURCE_CLIP, SOURCE_LLM
-from dualspeed.vtp.signals import llm_relevance
+from dualspeed.vtp.base import SOURCE_CLIP, SOURCE_LLM
+from dualspeed.models.signals import llm_relevance
 from dualspeed.vtp.visionzip import split
 
 

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from dualspeed import vtp
-from dualspeed.model import Prune
+from dualspeed.models.prune import Prune
 from dualspeed.vtp.base import VTPContext, VTPMethod, register
 
 

@@ -14,8 +14,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .. import recipe
-from ..variants import Point, baseline_row, metrics_relpath, point_seeds, seeds
+from ..grid import recipe
+from ..grid.variants import Point, baseline_row, metrics_relpath, point_seeds, seeds
 from .stats import Pooled, Stat, stat
 
 

@@ -15,8 +15,8 @@ from matplotlib.lines import Line2D  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from .. import cli
-from .. import recipe  # noqa: E402
-from ..variants import table_points  # noqa: E402
+from ..grid import recipe  # noqa: E402
+from ..grid.variants import table_points  # noqa: E402
 from .collect import Scorer  # noqa: E402
 from .tables import is_llava_next, paper_reference  # noqa: E402
 

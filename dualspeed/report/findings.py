@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from ..variants import all_tables, point
+from ..grid.variants import all_tables, point
 from .collect import Scorer
 from .stats import Diff, diff, stat
 

@@ -13,7 +13,7 @@ import pandas as pd
 import yaml
 
 from .. import cli
-from ..variants import DESCRIPTIONS, table_points, vtp_inference_paths
+from ..grid.variants import DESCRIPTIONS, table_points, vtp_inference_paths
 from .collect import Scorer, metrics, vtp_metrics
 from .stats import Stat, diff, stat
 

@@ -1,4 +1,4 @@
-"""Visual-token-pruning plugins.
+"""Visual-token-pruning plugins: the interface and registry (base.py) and one file per method, nothing else.
 
 Every module in this package is imported on first use, so a new method is one file here with a
 `@register("<name>")` class: a VTPMethod (selection) or a MergeMethod (see base.py). Methods kept outside the package (a user's experiment, a test) are
@@ -16,9 +16,8 @@ from .base import (SIGNALS, MergeMethod, Reduced, VTPContext, VTPMethod, availab
 __all__ = ["SIGNALS", "MergeMethod", "Reduced", "VTPContext", "VTPMethod", "available", "get", "keep_count", "parse",
            "register"]
 
-for _mod in pkgutil.iter_modules(__path__):
-    if _mod.name not in ("base", "signals", "clip_text"):  # not methods
-        importlib.import_module(f"{__name__}.{_mod.name}")
+for _mod in pkgutil.iter_modules(__path__):  # every file here is the interface or a method
+    importlib.import_module(f"{__name__}.{_mod.name}")
 
 
 def _load_external(spec: str) -> None:

@@ -12,13 +12,13 @@ Both see the projected features of a batch of images or crops at once. The weigh
 without gradient and applied by the model, so the projector still learns through merged tokens.
 
 A method declares the side information it needs in `signals`; the model computes only what is declared,
-in the same vision-tower pass (see vtp/signals.py):
+in the same vision-tower pass (see models/signals.py):
   text           ctx.text_embeds [C, T, D], ctx.text_mask [C, T]: the instruction's LLM embeddings
   cls_attention  ctx.cls_attention [C, N]: the CLS query's attention to each patch, summed over heads
   keys           ctx.keys [C, N, Dh]: each patch's attention key, averaged over heads
   relevance      ctx.relevance [C, N]: each token's cosine similarity to the instruction, averaged over it,
                  from the best source the model has (ctx.relevance_source names it): CLIP's text tower in
-                 CLIP's joint space where one is configured (vtp/clip_text.py), else the projected token
+                 CLIP's joint space where one is configured (models/clip_text.py), else the projected token
                  against the instruction's LLM embeddings. Raw: not normalised, not negated.
 The tower layer of cls_attention/keys is the one whose output LLaVA uses as features (the penultimate
 for the real recipes), unless a method sets `signal_layer`.
@@ -32,6 +32,9 @@ from typing import Callable
 import torch
 
 SIGNALS = ("text", "cls_attention", "keys", "relevance")
+# where the model took the relevance signal from (VTPContext.relevance_source): CLIP's text tower in CLIP's
+# joint space, or the instruction's LLM input embeddings against the projected tokens
+SOURCE_CLIP, SOURCE_LLM = "clip_text", "llm_instruction_embeddings"
 
 
 @dataclass
@@ -47,7 +50,7 @@ class VTPContext:
     keys: torch.Tensor | None = None
     generator: torch.Generator | None = None
     relevance: torch.Tensor | None = None
-    relevance_source: str | None = None  # clip_text.SOURCE_CLIP or clip_text.SOURCE_LLM
+    relevance_source: str | None = None  # SOURCE_CLIP or SOURCE_LLM
 
     def missing(self, signals) -> list[str]:
         have = {"text": self.text_embeds is not None, "cls_attention": self.cls_attention is not None,

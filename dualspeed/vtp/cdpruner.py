@@ -6,12 +6,12 @@ every candidate, its conditional variance d_j^2 = L_jj - |c_j|^2 given the token
 updates it with one new Cholesky row per step (Chen, Zhang & Zhou, NeurIPS 2018), so a batch costs
 O(k N^2) after the kernel with no per-image loop.
 
-Relevance q: the model's `relevance` signal (vtp/signals.py), negated or not, then min-max normalised
+Relevance q: the model's `relevance` signal (models/signals.py), negated or not, then min-max normalised
 per crop; without an instruction (the plain pretraining template) or with a flat relevance q = 1 and
 CDPruner is a plain DPP (diversity only). The model picks the source, recorded in provenance:
 
 - CLIP's text tower (`clip_text`), where the run has one: the real recipes, whose vision tower repo
-  openai/clip-vit-large-patch14-336 is the whole CLIPModel (model.clip_text=auto; vtp/clip_text.py). As
+  openai/clip-vit-large-patch14-336 is the whole CLIPModel (model.clip_text=auto; models/clip_text.py). As
   in the published code: LLaVA's feature-layer patches (layer -2) through the tower's post_layernorm and
   CLIP's visual_projection, against CLIPTextModelWithProjection's embedding of the instruction.
 - The instruction's LLM input embeddings against the projected tokens (`llm_instruction_embeddings`):
@@ -42,8 +42,7 @@ from __future__ import annotations
 
 import torch
 
-from .base import VTPContext, VTPMethod, register
-from .clip_text import SOURCE_CLIP
+from .base import SOURCE_CLIP, VTPContext, VTPMethod, register
 
 EPS = 1e-10  # conditional variances below this are duplicates of the chosen set: gain 0, no update
 

@@ -7,10 +7,10 @@ import yaml
 
 from snakemake.utils import validate
 
-from dualspeed import plan_check, recipe
+from dualspeed.grid import plan_check, recipe
+from dualspeed.grid.variants import (VARIANTS, all_points, all_tables, baseline_row, fmt,
+                                     metrics_relpath, point, point_seeds, seeds, vtp_inference_paths)
 from dualspeed.modes import INFERENCE_MODES
-from dualspeed.variants import (VARIANTS, all_points, all_tables, baseline_row, fmt,
-                                metrics_relpath, point, point_seeds, seeds, vtp_inference_paths)
 
 # command-line values coerced to the schema's types; key path, value and what is allowed on the
 # first line of any error; VTP methods and evaluation tasks checked before a job is planned
@@ -173,12 +173,12 @@ def eval_command():
     common = (f"--tasks {','.join(e['tasks'])} --batch-size {e['batch_size']} --limit {e.get('limit', 0)} "
               f"--device {device} --dtype {dtype}")
     if e["backend"] == "synthetic":
-        return f"python -m dualspeed.evaluate --data {config['data']['root']} {common}"
+        return f"python -m dualspeed.evaluation --data {config['data']['root']} {common}"
     if config["data"]["kind"] == "synthetic":
         where = f"--include-path {config['data']['root']}/lmms_tasks"
     else:
         where = "--hf-home resources/hf_home"
-    return f"python -m dualspeed.lmms.run {where} {common}"
+    return f"python -m dualspeed.evaluation.lmms {where} {common}"
 
 
 def eval_params(wc):

@@ -13,11 +13,11 @@ if config["data"]["kind"] == "synthetic":
         log:
             f"logs/{RECIPE}/synthesize.log",
         shell:
-            "python -m dualspeed.synth --out {params.root} {params.args} > {log} 2>&1"
+            "python -m dualspeed.data synth --out {params.root} {params.args} > {log} 2>&1"
 
 else:
     # Real data: every file listed in config/downloads.yaml, fetched with resume and checked against
-    # its size/sha256 (or pinned on first download, see dualspeed/fetch.py).
+    # its size/sha256 (or pinned on first download, see dualspeed/data/fetch.py).
 
     rule download:
         output:
@@ -34,7 +34,7 @@ else:
             runtime=lambda wc, attempt: 240 * attempt,
         retries: 3
         shell:
-            "python -m dualspeed.fetch file --entry {params.entry:q} --stamp {output} > {log} 2>&1"
+            "python -m dualspeed.data fetch file --entry {params.entry:q} --stamp {output} > {log} 2>&1"
 
     rule benchmark_to_local:
         output:
@@ -51,5 +51,5 @@ else:
             runtime=lambda wc, attempt: 120 * attempt,
         retries: 3
         shell:
-            "python -m dualspeed.fetch benchmark --entry {params.entry:q} --cache resources/hf_home "
+            "python -m dualspeed.data fetch benchmark --entry {params.entry:q} --cache resources/hf_home "
             "--stamp {output} > {log} 2>&1"

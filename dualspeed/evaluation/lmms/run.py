@@ -1,0 +1,94 @@
+"""One inference mode of one checkpoint through the lmms-eval CLI, offline (`python -m dualspeed.evaluation.lmms`).
+
+Writes the normalised metrics JSON the report reads (a score per benchmark in %, visual tokens per
+sample, samples/s) and keeps lmms-eval's raw outputs in <out stem>_raw/. Every mode runs lmms-eval's
+own CLI entry (`cli_evaluate`, the same arguments as `python -m lmms_eval`) in this one process, so
+lmms-eval and torch are imported once per checkpoint rather than once per mode.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+from ... import provenance
+
+# Judge-scored benchmarks: lmms-eval would call a GPT judge; here they run predict-only.
+PREDICT_ONLY = {"mmvet", "llava_in_the_wild"}
+
+
+def primary_score(task: str, metrics: dict) -> float | None:
+    """The task's first reported metric, in % when it is a fraction."""
+    for key, value in metrics.items():
+        if key == "alias" or "stderr" in key or not isinstance(value, (int, float)):
+            continue
+        return 100.0 * value if 0.0 <= value <= 1.0 else float(value)
+    return None
+
+
+def _cli(args: list[str]) -> None:
+    """lmms-eval's CLI entry, in this process: it reads its arguments from sys.argv."""
+    from lmms_eval.__main__ import cli_evaluate
+
+    saved = sys.argv
+    sys.argv = ["lmms_eval", *args]
+    try:
+        cli_evaluate()
+    except SystemExit as e:
+        if e.code not in (None, 0):
+            raise SystemExit(f"lmms-eval exited with {e.code}; see the log above") from e
+    finally:
+        sys.argv = saved
+
+
+def run(a, mode: str, out: str) -> dict:
+    out = Path(out)
+    raw = out.with_name(out.stem + "_raw")
+    raw.mkdir(parents=True, exist_ok=True)
+    stats = raw / "dualspeed_stats.json"
+    # batch_size and device reach the model through lmms-eval's own --batch_size / --device
+    model_args = [f"pretrained={a.ckpt}", f"mode={mode}", f"dtype={a.dtype}", f"stats_out={stats}", f"seed={a.seed}"]
+    if a.method:
+        model_args.append(f"method={a.method}")
+    if a.ratio is not None:
+        model_args.append(f"ratio={a.ratio}")
+    base = ["--model", "dualspeed_llava", "--model_args", ",".join(model_args), "--output_path", str(raw),
+            "--log_samples", "--batch_size", str(a.batch_size), "--device", a.device, "--seed", str(a.seed)]
+    if a.include_path:
+        base += ["--include_path", a.include_path]
+    if a.limit:
+        base += ["--limit", str(a.limit)]
+    tasks = a.tasks.split(",")
+    scored = [t for t in tasks if t not in PREDICT_ONLY]
+    judged = [t for t in tasks if t in PREDICT_ONLY]
+
+    def lmms_eval(names, *extra):
+        cmd = base + ["--tasks", ",".join(names), *extra]
+        print("+ lmms_eval", " ".join(cmd), flush=True)
+        _cli(cmd)
+
+    if judged:  # the judge would need a GPT API: keep the predictions, score nothing
+        lmms_eval(judged, "--predict_only")
+    results = {}
+    if scored:
+        before = set(raw.rglob("*_results.json"))
+        lmms_eval(scored)
+        found = sorted(set(raw.rglob("*_results.json")) - before, key=lambda p: p.stat().st_mtime)
+        if not found:
+            raise SystemExit(f"lmms-eval wrote no *_results.json under {raw}")
+        results = json.loads(found[-1].read_text())["results"]
+    scores = {}
+    for task in scored:
+        if task not in results:
+            raise SystemExit(f"lmms-eval reported nothing for task '{task}' (reported: {sorted(results)})")
+        score = primary_score(task, results[task])
+        if score is None:
+            raise SystemExit(f"task '{task}' has no numeric metric in {results[task]}")
+        scores[task] = score
+    summary = json.loads(stats.read_text()) if stats.is_file() else {}
+    return {"point": json.loads(a.point), "checkpoint": a.ckpt, "backend": "lmms_eval", "mode": mode, "scores": scores,
+            "mean": sum(scores.values()) / len(scores) if scores else None, "predict_only": judged,
+            "raw_dir": str(raw),
+            "note": "judge-scored tasks ran predict-only: their predictions are in the raw outputs, unscored"
+            if judged else "", **summary, "provenance": provenance.collect()}

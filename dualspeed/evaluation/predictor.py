@@ -1,0 +1,142 @@
+"""Batched greedy inference on an exported checkpoint in an inference mode (normal, pruned, pruned_noiso)."""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from PIL import Image
+
+from ..data.conversation import IMAGE_TOKEN, build_prompt
+from ..data.images import check_aspect, default_aspect, process_image, stack_images
+from ..models import clip_text as clip_lib
+from ..models.checkpoint import load_exported
+from ..models.prune import Prune
+from ..modes import INFERENCE_MODES
+
+
+def isolator_trained(meta: dict) -> bool:
+    """Whether an export's last stage trained an isolator that pruned inference prepends; without one, pruned and
+    pruned_noiso inference are the same computation."""
+    fs = meta.get("fastslow", {})
+    return bool(fs.get("isolator", True) and fs.get("prune", True))
+
+
+def mode_plan(meta: dict, modes: list[str]) -> list[tuple[str, str | None]]:
+    """(mode, the mode whose result it repeats, or None) in evaluation order: one evaluation where two modes
+    are the same computation (pruned_noiso of a run that trained no isolator is its pruned inference)."""
+    unknown = [m for m in modes if m not in INFERENCE_MODES]
+    if unknown:
+        raise ValueError(f"unknown inference mode(s) {unknown}; choose from {', '.join(INFERENCE_MODES)}")
+    order = [m for m in INFERENCE_MODES if m in modes]
+    reuse = not isolator_trained(meta) and "pruned" in order
+    return [(m, "pruned" if (m == "pruned_noiso" and reuse) else None) for m in order]
+
+
+@dataclass
+class Query:
+    question: str
+    image: Image.Image | str | Path | None = None
+
+
+class Predictor:
+    def __init__(self, ckpt: str | Path, mode: str = "normal", method: str | None = None, ratio: float | None = None,
+                 batch_size: int = 16, device: str = "cpu", dtype: str = "float32", max_new_tokens: int = 16,
+                 seed: int = 0, clip_text: str = "auto"):
+        if mode not in INFERENCE_MODES:
+            raise ValueError(f"unknown inference mode '{mode}'; choose one of {', '.join(INFERENCE_MODES)}")
+        torch_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
+        self.model, self.tokenizer, self.processor, self.meta = load_exported(ckpt, torch_dtype, device)
+        fs = self.meta.get("fastslow", {})
+        # images are preprocessed as the checkpoint's last stage trained on them (LLaVA-1.5: padded to a
+        # square); an export without that record gets LLaVA's own choice for its processor
+        self.image_aspect_ratio = (self.meta.get("data", {}).get("image_aspect_ratio")
+                                   or default_aspect(self.processor))
+        check_aspect(self.processor, self.image_aspect_ratio)
+        do_prune, use_isolator = INFERENCE_MODES[mode]
+        # "pruned" adds the isolator only where the run trained one: an untrained prompt is noise
+        self.isolator = use_isolator and isolator_trained(self.meta)
+        self.prune = None
+        if do_prune:
+            # default to what the run was trained with; explicit arguments override
+            method = method or fs.get("method") or "divprune"
+            ratio = ratio if ratio is not None else fs.get("ratio", 0.9)
+            self.prune = Prune(method, float(ratio), seed=seed)
+            # the relevance signal from the CLIP text tower the export carries (auto), if its method reads it
+            where = clip_lib.for_checkpoint(ckpt, clip_text) if "relevance" in self.prune.signals else None
+            if where:
+                self.model.attach_clip_text(clip_lib.ClipText.load(where, torch_dtype), self.tokenizer)
+        self.mode, self.batch_size, self.device, self.dtype = mode, batch_size, device, torch_dtype
+        self.max_new_tokens = max_new_tokens
+        self.stats = {"samples": 0, "seconds": 0.0, "visual_tokens": 0, "images": 0}
+
+    def _encode(self, q: Query):
+        text = (IMAGE_TOKEN + "\n" if q.image is not None else "") + q.question
+        conv = [{"from": "human", "value": text}, {"from": "gpt", "value": ""}]
+        ids, _ = build_prompt(self.tokenizer, conv, "vicuna_v1", for_generation=True)
+        pix = None
+        if q.image is not None:
+            im = q.image if isinstance(q.image, Image.Image) else Image.open(q.image)
+            pix = process_image(im, self.processor, self.image_aspect_ratio)
+        return ids, pix
+
+    def _images(self, pix: list[dict]) -> dict:
+        images = stack_images(pix)
+        return {k: (v.to(self.device, self.dtype) if k == "pixel_values" else v.to(self.device))
+                for k, v in images.items() if v is not None}
+
+    @torch.no_grad()
+    def predict(self, queries: list[Query], progress=None) -> list[str]:
+        answers: list[str] = []
+        for start in range(0, len(queries), self.batch_size):
+            batch = [self._encode(q) for q in queries[start:start + self.batch_size]]
+            t0 = time.perf_counter()
+            n = max(len(ids) for ids, _ in batch)
+            pad = self.tokenizer.pad_token_id
+            input_ids = torch.tensor([[pad] * (n - len(ids)) + ids for ids, _ in batch], device=self.device)
+            mask = torch.tensor([[0] * (n - len(ids)) + [1] * len(ids) for ids, _ in batch], device=self.device)
+            has_image = torch.tensor([p is not None for _, p in batch], device=self.device)
+            pix = [p for _, p in batch if p is not None]
+            out, n_visual = self.model.generate(input_ids, mask, has_image=has_image, **self._images(pix),
+                                                prune=self.prune, isolator=self.isolator,
+                                                max_new_tokens=self.max_new_tokens,
+                                                eos_token_id=self.tokenizer.eos_token_id, pad_token_id=pad)
+            answers += [self.tokenizer.decode(o, skip_special_tokens=True).strip() for o in out]
+            self.stats["seconds"] += time.perf_counter() - t0
+            self.stats["samples"] += len(batch)
+            self.stats["images"] += len(pix)
+            self.stats["visual_tokens"] += n_visual
+            if progress is not None:
+                progress.update(len(batch))
+        return answers
+
+    @torch.no_grad()
+    def score(self, q: Query, continuation: str) -> tuple[float, bool]:
+        """(negative log-likelihood of `continuation` after the prompt, whether greedy decoding gives it).
+
+        Returned as a positive loss because lmms-eval 0.7.3 picks multiple-choice answers by argmin.
+        """
+        ids, pix = self._encode(q)
+        cont = self.tokenizer(continuation, add_special_tokens=False).input_ids
+        if not cont:
+            raise ValueError(f"empty continuation {continuation!r} cannot be scored")
+        input_ids = torch.tensor([ids + cont], device=self.device)
+        labels = torch.tensor([[-100] * len(ids) + cont], device=self.device)
+        has_image = torch.tensor([pix is not None], device=self.device)
+        images = self._images([pix] if pix is not None else [])
+        out = self.model(input_ids, torch.ones_like(input_ids), labels, has_image=has_image, **images,
+                         prune=self.prune, isolator=self.isolator)
+        logp = torch.log_softmax(out.answer_logits.float(), dim=-1)
+        nll = -logp.gather(1, out.targets[:, None]).sum()
+        greedy = bool((out.answer_logits.argmax(-1) == out.targets).all())
+        return float(nll), greedy
+
+    def summary(self) -> dict:
+        s = self.stats
+        return {"samples": s["samples"], "samples_per_s": s["samples"] / s["seconds"] if s["seconds"] else None,
+                "visual_tokens_per_sample": s["visual_tokens"] / s["images"] if s["images"] else 0.0,
+                "mode": self.mode, "vtp_method": self.prune.method if self.prune else None,
+                "prune_ratio": self.prune.ratio if self.prune else None, "isolator": self.isolator,
+                "vtp": self.prune.plugin.provenance(self.model.signal_sources(self.prune.signals))
+                if self.prune else None}

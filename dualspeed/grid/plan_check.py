@@ -1,0 +1,172 @@
+"""Plan-time checks of the pipeline config, run by workflow/rules/common.smk before any job is planned.
+
+Every error's first line names the key path, the bad value and what is allowed. Values given on the
+command line (`--config "grid={p: 0.9}"`) reach Snakemake as strings below the top level; they are
+converted to the schema's types first, so the command line and an overlay YAML behave alike.
+"""
+from __future__ import annotations
+
+import importlib.util
+import re
+from functools import lru_cache
+from pathlib import Path
+
+import yaml
+
+from ..data.synth_tasks import TASKS as SYNTH_TASKS
+
+
+class PlanError(ValueError):
+    pass
+
+
+def _resolve(sub: dict, root: dict) -> dict:
+    while isinstance(sub, dict) and "$ref" in sub:
+        node = root
+        for part in sub["$ref"].lstrip("#/").split("/"):
+            node = node[part]
+        sub = node
+    return sub
+
+
+def _scalar(text: str, want: str):
+    """A command-line string as the schema's scalar type, or None when it is not one."""
+    if want == "boolean":
+        return {"true": True, "false": False}.get(text.lower())
+    try:
+        return int(text)
+    except ValueError:
+        pass
+    if want == "number":
+        try:
+            return float(text)  # also 1e-3, which YAML 1.1 would keep as a string
+        except ValueError:
+            pass
+    return None
+
+
+def coerce_to_schema(value, schema: dict, root: dict | None = None):
+    """-> `value` with strings turned into the numbers/booleans the schema asks for (recursively);
+    anything that does not parse is left for validation to report."""
+    root = root or schema
+    schema = _resolve(schema, root)
+    if isinstance(value, dict):
+        props = schema.get("properties", {})
+        return {k: coerce_to_schema(v, props[k], root) if k in props else v for k, v in value.items()}
+    if isinstance(value, list) and isinstance(schema.get("items"), dict):
+        return [coerce_to_schema(v, schema["items"], root) for v in value]
+    want = schema.get("type")
+    if isinstance(value, str) and want in ("number", "integer", "boolean"):
+        parsed = _scalar(value.strip(), want)
+        if parsed is not None:
+            return parsed
+    return value
+
+
+def _key(path) -> str:
+    return ".".join(str(p) for p in path) or "<top level>"
+
+
+def _allowed(err) -> str:
+    v, val = err.validator, err.validator_value
+    if v == "enum":
+        return f"one of {', '.join(map(str, val))}"
+    if v == "type":
+        return f"a value of type {val}"
+    if v in ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum"):
+        return {"minimum": ">= ", "maximum": "<= ", "exclusiveMinimum": "> ", "exclusiveMaximum": "< "}[v] + str(val)
+    if v == "additionalProperties":
+        return f"the keys {', '.join(sorted(err.schema.get('properties', {})))}"
+    if v == "required":
+        return f"the required keys {', '.join(val)}"
+    return f"{v} {val!r}"
+
+
+def validate_schema(config: dict, schema_path: str | Path) -> dict:
+    """Coerce, then validate against the JSON schema -> the coerced config (PlanError on the first problem)."""
+    from jsonschema import Draft202012Validator
+    from jsonschema.exceptions import best_match
+
+    schema = yaml.safe_load(Path(schema_path).read_text())
+    config = coerce_to_schema(config, schema)
+    err = best_match(Draft202012Validator(schema).iter_errors(config))
+    if err is None:
+        return config
+    path = list(err.absolute_path)
+    if err.validator == "additionalProperties":
+        extra = sorted(set(err.instance) - set(err.schema.get("properties", {})))
+        where = f"unknown config key '{_key(path + extra[:1])}'"
+    else:
+        where = f"config key '{_key(path)}' is {err.instance!r}"
+    raise PlanError(f"config validation failed: {where}; allowed: {_allowed(err)}\n"
+                    f"  (jsonschema: {err.message}; at {''.join(f'[{p!r}]' for p in path) or 'the top level'})")
+
+
+def check_methods(grid: dict) -> None:
+    """Each method spec ('name' or 'name:key=value+...') names a registered method with options it takes."""
+    from .. import vtp
+
+    known = vtp.available()
+    hint = "; add a file to dualspeed/vtp/ or name it in DUALSPEED_VTP_PLUGINS (README, 'Adding a VTP method')"
+
+    def problem(spec) -> str | None:
+        if vtp.parse(spec)[0] not in known:
+            return "unknown"
+        try:
+            vtp.get(spec)
+        except (KeyError, ValueError, TypeError) as e:
+            return str(e)
+        return None
+
+    why = problem(grid["method"])
+    if why == "unknown":
+        raise PlanError(f"config key 'grid.method' is {grid['method']!r}, not a registered VTP method; "
+                        f"allowed: {', '.join(known)}{hint}")
+    if why:
+        raise PlanError(f"config key 'grid.method' is {grid['method']!r}: {why}")
+    bad = {m: problem(m) for m in grid["methods"]}
+    unknown = [m for m, w in bad.items() if w == "unknown"]
+    if unknown:
+        raise PlanError(f"config key 'grid.methods' names unknown VTP method(s) {unknown}; allowed: {', '.join(known)}{hint}")
+    for m, w in bad.items():
+        if w:
+            raise PlanError(f"config key 'grid.methods' has {m!r}: {w}")
+
+
+@lru_cache(maxsize=1)
+def lmms_eval_tasks() -> frozenset[str]:
+    """Task and group names of the installed lmms-eval, read from its task YAMLs (no import: fast)."""
+    spec = importlib.util.find_spec("lmms_eval")
+    if spec is None or not spec.submodule_search_locations:
+        return frozenset()
+    pat = re.compile(r"""^\s*(?:task|group):\s*["']?([A-Za-z0-9_.\-]+)["']?\s*(?:#.*)?$""", re.M)
+    names: set[str] = set()
+    for f in (Path(spec.submodule_search_locations[0]) / "tasks").rglob("*.yaml"):
+        names.update(pat.findall(f.read_text(errors="ignore")))
+    return frozenset(names)
+
+
+def check_eval_tasks(config: dict) -> None:
+    """Every evaluation task must exist before 30 jobs are planned around it."""
+    e, synthetic = config["eval"], config["data"]["kind"] == "synthetic"
+    local = {f"synth_{t}" for t in SYNTH_TASKS} if synthetic else set()  # written beside the synthetic data
+    if e["backend"] == "synthetic":
+        if not synthetic:
+            raise PlanError("config key 'eval.backend' is 'synthetic' but data.kind is not: the in-process evaluator "
+                            "reads the synthetic held-out sets; allowed with real data: lmms_eval")
+        known, what = local, "a task of the synthetic evaluator"
+    else:
+        known, what = local | lmms_eval_tasks(), "a local task file or a task of the installed lmms-eval"
+    bad = [t for t in e["tasks"] if t not in known]
+    if bad:
+        shown = sorted(local) or sorted(known)[:12]
+        more = "" if len(shown) == len(known) else f", ... ({len(known)} in all; `lmms-eval --tasks list` lists them)"
+        raise PlanError(f"config key 'eval.tasks' names {bad}, not {what}; allowed: {', '.join(shown)}{more}")
+
+
+def check(config: dict, schema_path: str | Path) -> dict:
+    """Everything a job will need, checked at plan time -> the config with command-line values coerced."""
+    config = validate_schema(config, schema_path)
+    check_methods(config["grid"])
+    check_eval_tasks(config)
+    return config

@@ -1,0 +1,129 @@
+"""From the pipeline config (config/*.yaml) to the run config of one training stage of one grid point.
+
+The Snakefile calls these so the same composition is testable without Snakemake.
+"""
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+from .variants import Point, stage_fastslow
+
+
+def data_paths(cfg: dict) -> dict:
+    d = cfg["data"]
+    if d["kind"] == "synthetic":
+        root = Path(d["root"])
+        return {"warmup": str(root / "warmup.json"), "pretrain": str(root / "pretrain.json"),
+                "sft": str(root / "sft.json"), "image_folder": str(root), "tokenizer": str(root / "tokenizer")}
+    return {"pretrain": d["pretrain_json"], "sft": d["sft_json"], "image_folder": d["image_folder"],
+            "pretrain_image_folder": d.get("pretrain_image_folder", d["image_folder"])}
+
+
+def warmup_dir(cfg) -> str:
+    return f"{cfg['runs_dir']}/warmup"
+
+
+def pretrain_dir(cfg, tag: str) -> str:
+    return f"{cfg['runs_dir']}/pretrain/{tag}"
+
+
+def sft_dir(cfg, pt: Point) -> str:
+    return f"{cfg['runs_dir']}/sft/{pt.path}"
+
+
+def _fs_defaults(cfg):
+    fs = cfg["fastslow"]
+    return fs["isolator_len"], fs["tau"], fs["lam"]
+
+
+def _fs_extra(cfg) -> dict:
+    """Fast-slow keys every point of a recipe shares; absent ones keep the run config's (the reference's)."""
+    return {k: cfg["fastslow"][k] for k in ("tau_squared", "isolator_init") if k in cfg["fastslow"]}
+
+
+def preprocessing(cfg: dict, stage: str) -> dict:
+    """Image and text preprocessing of one stage. image_aspect_ratio defaults to anyres for a LLaVA-NeXT
+    model and pad otherwise; pretraining may differ (`data.pretrain_image_aspect_ratio`: LLaVA-1.5 pretrains
+    on center crops and fine-tunes on padded squares). Absent keys keep the run config's defaults."""
+    d = cfg["data"]
+    aspect = d.get("image_aspect_ratio", "anyres" if cfg["model"].get("image_grid_pinpoints") else "pad")
+    if stage == "pretrain":
+        aspect = d.get("pretrain_image_aspect_ratio", aspect)
+    return {"image_aspect_ratio": aspect, **{k: d[k] for k in ("plain_end", "image_first", "truncate") if k in d}}
+
+
+def clip_text(cfg: dict) -> str:
+    """The runs' CLIP text tower setting: the config's (default auto) where a grid method reads instruction
+    relevance, else none - a 7B export would otherwise carry ~250 MB of text tower that nothing reads."""
+    from .. import vtp
+
+    g = cfg.get("grid")
+    if not g:
+        return cfg["model"].get("clip_text", "auto")
+    names = set(g.get("methods", [])) | {g["method"]}
+    if any("relevance" in vtp.get(n).required_signals() for n in names):
+        return cfg["model"].get("clip_text", "auto")
+    return "none"
+
+
+def warmup_spec(cfg: dict) -> dict:
+    paths = data_paths(cfg)
+    return {
+        "output_dir": warmup_dir(cfg),
+        "model": {"source": "tiny", "tokenizer": paths["tokenizer"], "tiny": copy.deepcopy(cfg["model"]["tiny"]),
+                  "image_grid_pinpoints": copy.deepcopy(cfg["model"].get("image_grid_pinpoints", []))},
+        "data": {"json": paths["warmup"], "image_folder": paths["image_folder"], "template": "vicuna_v1",
+                 **preprocessing(cfg, "warmup")},
+        "train": {**copy.deepcopy(cfg["warmup"]["train"]), "stage": "warmup"},
+        "fastslow": {"prune": False},
+    }
+
+
+def pretrain_spec(cfg: dict, pt: Point) -> dict:
+    paths, m = data_paths(cfg), cfg["model"]
+    if m["source"] == "tiny":
+        model = {"source": "llava", "path": f"{warmup_dir(cfg)}/hf", "reinit_projector": True}
+    elif m["source"] == "compose":
+        model = {"source": "compose", "llm": m["llm"], "vision_tower": m["vision_tower"],
+                 "vision_feature_layer": m.get("vision_feature_layer", -2),
+                 "image_grid_pinpoints": copy.deepcopy(m.get("image_grid_pinpoints", []))}
+    else:
+        model = {"source": "llava", "path": m["path"], "reinit_projector": bool(m.get("reinit_projector", False))}
+    model["clip_text"] = clip_text(cfg)
+    return {
+        "output_dir": pretrain_dir(cfg, pt.pretrain_tag),
+        "model": model,
+        "data": {"json": paths["pretrain"], "image_folder": paths.get("pretrain_image_folder", paths["image_folder"]),
+                 "template": "plain", "max_length": cfg["data"].get("max_length", 2048),
+                 "bad_images": cfg["data"].get("bad_images", "fail"), **preprocessing(cfg, "pretrain")},
+        # the grid's seed is the run's: projector init, isolator init, data order
+        "train": {**copy.deepcopy(cfg["pretrain"]["train"]), "stage": "pretrain", "seed": pt.seed},
+        "fastslow": {**stage_fastslow(pt, "pretrain", *_fs_defaults(cfg)), **_fs_extra(cfg)},
+    }
+
+
+def sft_spec(cfg: dict, pt: Point) -> dict:
+    paths = data_paths(cfg)
+    pmod = copy.deepcopy(cfg.get("pmod", {}))
+    train = {**copy.deepcopy(cfg["sft"]["train"]), "stage": "sft", "seed": pt.seed}
+    own = pmod.pop("train", {})  # p-MoD's own SFT recipe (full fine-tune, LR 2e-5) where it differs
+    if pt.settings["pmod"]:
+        train.update(copy.deepcopy(own))
+    return {
+        "output_dir": sft_dir(cfg, pt),
+        "model": {"source": "llava", "path": f"{pretrain_dir(cfg, pt.pretrain_tag)}/hf", "clip_text": clip_text(cfg)},
+        "data": {"json": paths["sft"], "image_folder": paths["image_folder"], "template": "vicuna_v1",
+                 "max_length": cfg["data"].get("max_length", 2048), "bad_images": cfg["data"].get("bad_images", "fail"),
+                 **preprocessing(cfg, "sft")},
+        "train": train,
+        "fastslow": {**stage_fastslow(pt, "sft", *_fs_defaults(cfg)), **_fs_extra(cfg)},
+        "pmod": {**pmod, "enabled": pt.settings["pmod"]},
+    }
+
+
+def eval_prune(cfg: dict, pt: Point) -> tuple[str, float]:
+    """VTP method and p for pruned inference: the run's own, or the grid default for unpruned runs."""
+    if pt.method == "none":
+        return cfg["grid"]["method"], float(cfg["grid"]["p"])
+    return pt.method, pt.p
