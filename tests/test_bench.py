@@ -1,4 +1,8 @@
-from dualspeed.bench.step_time import run
+import torch
+
+from dualspeed.bench.presets import PRESETS
+from dualspeed.bench.step_time import divprune_cost, run
+from dualspeed.vtp.divprune import DivPrune
 
 
 def test_bench_times_four_variants_side_by_side():
@@ -24,3 +28,11 @@ def test_bench_llava_next_prunes_every_crop():
     # 5 crops of 64 tokens; unpruned they are packed with one newline per grid row (16 rows)
     assert res["visual_tokens_full"] == 5 * 64 + 16
     assert res["visual_tokens_fast"] == 5 * 6 and res["visual_tokens_fast_isolator"] == 5 * 6 + 4
+
+
+def test_divprune_is_timed_at_the_benchmarks_own_p(monkeypatch):
+    kept = []
+    select = DivPrune.select
+    monkeypatch.setattr(DivPrune, "select", lambda self, feats, k, ctx: kept.append(k) or select(self, feats, k, ctx))
+    res = divprune_cost({**PRESETS["tiny"], "batch": 2}, "cpu", torch.float32, p_ratio=0.5, reps=1)
+    assert set(kept) == {32} and res["divprune_crops_per_batch"] == 2  # 64 tokens at p = 0.5, not 0.9's 6

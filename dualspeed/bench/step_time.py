@@ -85,7 +85,7 @@ def run(preset: str, steps: int, burn_in: int, p_ratio: float, r: float | None, 
         "measured_over_limit": {k: speedup[k] / limit["compute_speedup"][k] for k in speedup},
         "peak_gpu_mem_gb": torch.cuda.max_memory_allocated() / 2**30 if device == "cuda" else None,
         "cudnn_attention": torch.backends.cuda.cudnn_sdp_enabled() if device == "cuda" else None,
-        **divprune_cost(p, device, dtype),
+        **divprune_cost(p, device, dtype, p_ratio),
     }
 
 
@@ -98,12 +98,13 @@ def visual_tokens(model, inputs, prune, batch: int) -> dict:
             "visual_tokens_fast_isolator": model(**inputs, prune=prune, isolator=True).visual_tokens // batch}
 
 
-def divprune_cost(p: dict, device, dtype, reps: int = 5) -> dict:
-    """DivPrune time for one training batch of crops (N = grid^2 tokens of width d), all at once."""
+def divprune_cost(p: dict, device, dtype, p_ratio: float, reps: int = 5) -> dict:
+    """DivPrune time for one training batch of crops (N = grid^2 tokens of width d), all at once, keeping the k
+    tokens the benchmark's fast steps keep at p_ratio."""
     n = p["grid"] ** 2
     crops = p["batch"] * (5 if p.get("anyres") else 1)
     feats = torch.randn(crops, n, p["d"], device=device, dtype=dtype)
-    k = vtp.keep_count(n, 0.9)
+    k = vtp.keep_count(n, p_ratio)
     method = vtp.get("divprune")
     return {"divprune_crops_per_batch": crops, "divprune_ms_per_batch": mean_ms(lambda: method(feats, k), reps, device)}
 
