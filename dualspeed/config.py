@@ -5,17 +5,12 @@ data is touched.
 """
 from __future__ import annotations
 
-import dataclasses
-import typing
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
 
 import yaml
 
-
-class ConfigError(ValueError):
-    pass
+from .typed_merge import ConfigError, merge, set_dotted
 
 
 REPORT_TO = ("none", "tensorboard", "wandb")  # experiment trackers the Trainer is given
@@ -221,69 +216,11 @@ def _get(obj, dotted: str):
     return obj
 
 
-def _coerce(value: Any, typ: Any, key: str) -> Any:
-    if typ is bool:
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.lower() in ("true", "false"):
-            return value.lower() == "true"
-        raise ConfigError(f"config key '{key}' must be true or false, got {value!r}")
-    if typ is int:
-        if isinstance(value, bool) or not isinstance(value, (int, str)):
-            raise ConfigError(f"config key '{key}' must be an integer, got {value!r}")
-        try:
-            return int(value)
-        except ValueError:
-            raise ConfigError(f"config key '{key}' must be an integer, got {value!r}") from None
-    if typ is float:
-        if isinstance(value, bool):
-            raise ConfigError(f"config key '{key}' must be a number, got {value!r}")
-        try:
-            return float(value)
-        except (TypeError, ValueError):
-            raise ConfigError(f"config key '{key}' must be a number, got {value!r}") from None
-    if typ is str:
-        if not isinstance(value, (str, int, float)) or isinstance(value, bool):
-            raise ConfigError(f"config key '{key}' must be a string, got {value!r}")
-        return str(value)
-    if typ is list:
-        if isinstance(value, str):
-            value = [v for v in value.split(",") if v]
-        if not isinstance(value, list):
-            raise ConfigError(f"config key '{key}' must be a list, got {value!r}")
-        return value
-    raise ConfigError(f"config key '{key}': unsupported type {typ}")
-
-
-def _merge(obj, data: dict, prefix: str = ""):
-    hints = typing.get_type_hints(type(obj))
-    names = {f.name for f in dataclasses.fields(obj)}
-    for key, value in data.items():
-        path = f"{prefix}{key}"
-        if key not in names:
-            raise ConfigError(f"unknown config key '{path}'; known keys here: {', '.join(sorted(names))}")
-        typ = hints[key]
-        if dataclasses.is_dataclass(typ):
-            if not isinstance(value, dict):
-                raise ConfigError(f"config key '{path}' must be a mapping, got {value!r}")
-            _merge(getattr(obj, key), value, path + ".")
-        else:
-            setattr(obj, key, _coerce(value, typ, path))
-
-
-def _set_dotted(data: dict, dotted: str, value: str):
-    parts = dotted.split(".")
-    cur = data
-    for p in parts[:-1]:
-        cur = cur.setdefault(p, {})
-    cur[parts[-1]] = value
-
-
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None, base: dict | None = None) -> RunConfig:
     """Build a validated RunConfig from defaults, an optional YAML file, and `a.b=c` overrides."""
     cfg = RunConfig()
     if base:
-        _merge(cfg, base)
+        merge(cfg, base)
     if path:
         path = Path(path)
         if not path.is_file():
@@ -291,14 +228,14 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         data = yaml.safe_load(path.read_text()) or {}
         if not isinstance(data, dict):
             raise ConfigError(f"config file {path} must hold a mapping at the top level")
-        _merge(cfg, data)
+        merge(cfg, data)
     extra: dict = {}
     for item in overrides or []:
         if "=" not in item:
             raise ConfigError(f"override '{item}' must look like key.path=value")
         key, value = item.split("=", 1)
-        _set_dotted(extra, key.strip(), value)
-    _merge(cfg, extra)
+        set_dotted(extra, key.strip(), value)
+    merge(cfg, extra)
     return cfg.validate()
 
 
