@@ -192,9 +192,12 @@ class RunConfig:
             raise ConfigError("config key 'model.path' must name a llava-hf checkpoint when model.source=llava")
         if self.model.source == "compose" and not (self.model.llm and self.model.vision_tower):
             raise ConfigError("config keys 'model.llm' and 'model.vision_tower' are required when model.source=compose")
-        if self.fastslow.prune:
-            try:  # the name, its options and the signals it declares, before any model is built
-                vtp.get(self.fastslow.method).required_signals()
+        if self.fastslow.prune:  # the plan-time check of the method, before any model is built
+            t = self.model.tiny
+            n = (t.image_size // t.patch_size) ** 2 if self.model.source == "tiny" else None  # else the tower says
+            keep = {vtp.keep_count(n, self.fastslow.ratio): f"p={self.fastslow.ratio:g} of {n} tokens"} if n else {}
+            try:
+                vtp.check(self.fastslow.method, keep)
             except (KeyError, ValueError) as e:
                 raise ConfigError(f"config key 'fastslow.method' is '{self.fastslow.method}': {e}") from None
         if self.pmod.enabled and self.train.stage != "sft":

@@ -44,10 +44,18 @@ def test_command_line_strings_become_the_schema_types():
     ({"grid__bogus": 1}, "unknown config key 'grid.bogus'; allowed: the keys method, methods, p, p_sweep, r, r_sweep"),
     ({"grid__method": "nosuch"}, "config key 'grid.method' is 'nosuch', not a registered VTP method; allowed: cdpruner, divprune"),
     ({"grid__methods": ["divprune", "nosuch"]}, "config key 'grid.methods' names unknown VTP method(s) ['nosuch']"),
-    ({"eval__tasks": ["synth_nosuch"]}, "config key 'eval.tasks' names ['synth_nosuch'], not a local task file or a "
-                                        "task of the installed lmms-eval; allowed: synth_colour"),
-    ({"eval__tasks": ["gqa"], "eval__backend": "synthetic"}, "config key 'eval.tasks' names ['gqa'], not a task of "
-                                                             "the synthetic evaluator; allowed: synth_colour"),
+    # a method's options, by its own spec, against the k = 6 of 64 tokens the tiny model keeps at p = 0.9
+    ({"grid__method": "visionzip:dominant=7"}, "config key 'grid.method' is 'visionzip:dominant=7': VTP method "
+                                               "'visionzip': dominant=7 dominant tokens do not fit in the k=6 tokens a "
+                                               "crop keeps (p=0.9 of the 64 tokens per crop of model.tiny)"),
+    ({"grid__method": "visionzip:dominant=5", "grid__p_sweep": [0.95]}, "config key 'grid.method' is "
+                                               "'visionzip:dominant=5': VTP method 'visionzip': dominant=5 dominant "
+                                               "tokens do not fit in the k=3 tokens a crop keeps (p=0.95"),
+    ({"grid__methods": ["divprune", "visionzip:dominant=1.5"]}, "config key 'grid.methods' has "
+                                               "'visionzip:dominant=1.5': VTP method 'visionzip' option dominant=1.5 "
+                                               "is not a fraction of the kept tokens in (0, 1), or a whole count >= 1"),
+    ({"grid__methods": ["cdpruner:sign=1"]}, "config key 'grid.methods' has 'cdpruner:sign=1': VTP method 'cdpruner' "
+                                             "does not take options ['sign']; its options: negate: true, false or auto"),
 ])
 def test_errors_name_key_value_and_what_is_allowed_first(over, first_line):
     with pytest.raises(PlanError) as e:
@@ -73,16 +81,20 @@ def test_snakemake_takes_nested_overrides_on_the_command_line(tmp_path):
     bad = subprocess.run(smk + ["--config", "eval={tasks: [synth_nosuch]}"], cwd=ROOT, capture_output=True, text=True,
                          env=env, timeout=300)
     assert bad.returncode != 0 and "'eval.tasks' names ['synth_nosuch']" in bad.stdout + bad.stderr
+    bad = subprocess.run(smk + ["--config", "grid={method: 'visionzip:dominant=7'}"], cwd=ROOT, capture_output=True,
+                         text=True, env=env, timeout=300)
+    assert bad.returncode != 0 and "config key 'grid.method' is 'visionzip:dominant=7'" in bad.stdout + bad.stderr
 
 
-def test_bench_throughput_reads_the_data_its_run_trained_on(synth_dir, tmp_path):
-    from dualspeed.bench.throughput import eval_data_of
+def test_a_run_checks_its_method_as_the_plan_does_and_the_model_at_every_step():
+    import torch
 
-    run = tmp_path / "run"
-    (run / "hf").mkdir(parents=True)
-    with pytest.raises(SystemExit, match="pass --data <synthetic data root>"):
-        eval_data_of(str(run / "hf"), None)
-    (run / "config.resolved.yaml").write_text(yaml.safe_dump({"data": {"json": str(synth_dir / "sft.json")}}))
-    assert eval_data_of(str(run / "hf"), None) == str(synth_dir)
-    with pytest.raises(SystemExit, match="no synthetic held-out set eval_count.json under /nowhere"):
-        eval_data_of(str(run / "hf"), "/nowhere")
+    from dualspeed import vtp
+    from dualspeed.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError, match="fastslow.method.*dominant=7 dominant tokens do not fit in the k=6"):
+        load_config(overrides=["output_dir=x", "model.source=tiny", "model.tokenizer=t", "fastslow.method=visionzip:dominant=7"])
+    load_config(overrides=["output_dir=x", "model.source=llava", "model.path=p", "fastslow.method=visionzip:dominant=7"])
+    ctx = vtp.VTPContext(cls_attention=torch.rand(1, 64), keys=torch.randn(1, 64, 4))
+    with pytest.raises(ValueError, match="dominant=7 dominant tokens do not fit in the k=6"):  # a loaded tower's N
+        vtp.get("visionzip:dominant=7").reduce(torch.randn(1, 64, 8), 6, ctx)

@@ -14,6 +14,7 @@ from pathlib import Path
 import yaml
 
 from ..data.synth_tasks import TASKS as SYNTH_TASKS
+from . import recipe
 
 
 class PlanError(ValueError):
@@ -102,35 +103,29 @@ def validate_schema(config: dict, schema_path: str | Path) -> dict:
                     f"  (jsonschema: {err.message}; at {''.join(f'[{p!r}]' for p in path) or 'the top level'})")
 
 
-def check_methods(grid: dict) -> None:
-    """Each method spec ('name' or 'name:key=value+...') names a registered method with options it takes."""
+def check_methods(config: dict) -> None:
+    """Each method spec ('name' or 'name:key=value+...') names a registered method, its options pass the method's
+    own spec, and it fits the tokens a crop keeps at every p it runs with, where the config gives the tokens per
+    crop (the tiny model): the same check (vtp.check) the run makes when it reads its config."""
     from .. import vtp
 
-    known = vtp.available()
+    grid, known = config["grid"], vtp.available()
     hint = "; add a file to dualspeed/vtp/ or name it in DUALSPEED_VTP_PLUGINS (README, 'Adding a VTP method')"
-
-    def problem(spec) -> str | None:
-        if vtp.parse(spec)[0] not in known:
-            return "unknown"
-        try:
-            vtp.get(spec)
-        except (KeyError, ValueError, TypeError) as e:
-            return str(e)
-        return None
-
-    why = problem(grid["method"])
-    if why == "unknown":
+    unknown = [m for m in grid["methods"] if vtp.parse(m)[0] not in known]
+    if vtp.parse(grid["method"])[0] not in known:
         raise PlanError(f"config key 'grid.method' is {grid['method']!r}, not a registered VTP method; "
                         f"allowed: {', '.join(known)}{hint}")
-    if why:
-        raise PlanError(f"config key 'grid.method' is {grid['method']!r}: {why}")
-    bad = {m: problem(m) for m in grid["methods"]}
-    unknown = [m for m, w in bad.items() if w == "unknown"]
     if unknown:
         raise PlanError(f"config key 'grid.methods' names unknown VTP method(s) {unknown}; allowed: {', '.join(known)}{hint}")
-    for m, w in bad.items():
-        if w:
-            raise PlanError(f"config key 'grid.methods' has {m!r}: {w}")
+    n = recipe.crop_tokens(config)
+    for key, spec in [("grid.method", grid["method"])] + [("grid.methods", m) for m in grid["methods"]]:
+        # the grid's method also runs at every p of the sweep; every method at grid.p
+        ps = [grid["p"]] + (list(grid["p_sweep"]) if spec == grid["method"] else [])
+        keep = {vtp.keep_count(n, p): f"p={p:g} of the {n} tokens per crop of model.tiny" for p in ps} if n else {}
+        try:
+            vtp.check(spec, keep)
+        except ValueError as e:
+            raise PlanError(f"config key '{key}' {'is' if key == 'grid.method' else 'has'} {spec!r}: {e}") from None
 
 
 @lru_cache(maxsize=1)
@@ -167,6 +162,6 @@ def check_eval_tasks(config: dict) -> None:
 def check(config: dict, schema_path: str | Path) -> dict:
     """Everything a job will need, checked at plan time -> the config with command-line values coerced."""
     config = validate_schema(config, schema_path)
-    check_methods(config["grid"])
+    check_methods(config)
     check_eval_tasks(config)
     return config

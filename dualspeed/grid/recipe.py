@@ -5,8 +5,10 @@ The Snakefile calls these so the same composition is testable without Snakemake.
 from __future__ import annotations
 
 import copy
+from dataclasses import asdict
 from pathlib import Path
 
+from ..config import TinyModelConfig
 from .variants import Point, stage_fastslow
 
 
@@ -18,6 +20,20 @@ def data_paths(cfg: dict) -> dict:
                 "sft": str(root / "sft.json"), "image_folder": str(root), "tokenizer": str(root / "tokenizer")}
     return {"pretrain": d["pretrain_json"], "sft": d["sft_json"], "image_folder": d["image_folder"],
             "pretrain_image_folder": d.get("pretrain_image_folder", d["image_folder"])}
+
+
+def tiny_geometry(cfg: dict) -> tuple[int, int]:
+    """(image_size, patch_size) of the tiny model: model.tiny over the run config's defaults."""
+    tiny = {**asdict(TinyModelConfig()), **cfg["model"].get("tiny", {})}
+    return tiny["image_size"], tiny["patch_size"]
+
+
+def crop_tokens(cfg: dict) -> int | None:
+    """Visual tokens per crop where the config alone gives them (the tiny model); None where a loaded tower does."""
+    if cfg["model"]["source"] != "tiny":
+        return None
+    size, patch = tiny_geometry(cfg)
+    return (size // patch) ** 2
 
 
 def warmup_dir(cfg) -> str:

@@ -10,11 +10,11 @@ import os
 import pkgutil
 from pathlib import Path
 
-from .base import (SIGNALS, MergeMethod, Reduced, VTPContext, VTPMethod, available, get, keep_count, parse,
-                   register)
+from .base import (SIGNALS, MergeMethod, Option, Reduced, VTPContext, VTPMethod, available, check, get, keep_count,
+                   parse, register)
 
-__all__ = ["SIGNALS", "MergeMethod", "Reduced", "VTPContext", "VTPMethod", "available", "get", "keep_count", "parse",
-           "register"]
+__all__ = ["SIGNALS", "MergeMethod", "Option", "Reduced", "VTPContext", "VTPMethod", "available", "check", "get",
+           "keep_count", "parse", "register"]
 
 for _mod in pkgutil.iter_modules(__path__):  # every file here is the interface or a method
     importlib.import_module(f"{__name__}.{_mod.name}")

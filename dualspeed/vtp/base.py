@@ -25,6 +25,7 @@ for the real recipes), unless a method sets `signal_layer`.
 """
 from __future__ import annotations
 
+import inspect
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Callable
@@ -87,6 +88,14 @@ class Reduced:
         return out.scatter_(2, self.index.unsqueeze(-1), True)
 
 
+@dataclass(frozen=True)
+class Option:
+    """One key a method spec may set ('name:key=value'): what it allows, in words, and the test of a value."""
+
+    allowed: str
+    ok: Callable[[object], bool]
+
+
 class VTPMethod(ABC):
     """Base class of a visual-token-pruning plugin (a selection method)."""
 
@@ -95,6 +104,13 @@ class VTPMethod(ABC):
     signals: tuple[str, ...] = ()  # side information this method reads from its VTPContext; see SIGNALS
     signal_layer: int | None = None  # tower layer of cls_attention/keys; None: the LLaVA feature layer
     needs_text: bool = False  # older spelling of signals = ("text",); still honoured
+    # The keys a spec may set, each with what it allows: the one check of a method's options, at plan time and at
+    # run time (check). None, for a plugin that declares none: its constructor's keyword arguments, any value.
+    options: dict[str, Option] | None = None
+
+    def fits(self, k: int) -> str | None:
+        """Why this method, as configured, cannot keep k tokens per crop (an option asking for more), or None."""
+        return None
 
     def required_signals(self) -> tuple[str, ...]:
         sig = tuple(self.signals) + (("text",) if self.needs_text and "text" not in self.signals else ())
@@ -122,6 +138,9 @@ class VTPMethod(ABC):
         n = feats.shape[1]
         if not 1 <= k <= n:
             raise ValueError(f"VTP '{self.name}': cannot keep k={k} of N={n} tokens (need 1 <= k <= N)")
+        why = self.fits(k)
+        if why:
+            raise ValueError(f"VTP '{self.name}': {why}")
         ctx = ctx or VTPContext()
         missing = ctx.missing(self.required_signals())
         if missing and k < n:  # keeping all N reads no signal
@@ -221,8 +240,28 @@ def parse(spec: str) -> tuple[str, dict]:
     return name, out
 
 
+def _option_problem(cls, opts: dict) -> str | None:
+    """What is wrong with options for method class `cls`, by its own spec (VTPMethod.options), or None."""
+    spec = cls.options
+    if spec is None:  # no spec declared: the constructor's keywords
+        params = inspect.signature(cls.__init__).parameters.values()
+        if any(p.kind == p.VAR_KEYWORD for p in params):
+            return None
+        spec = {p.name: Option("any value", lambda v: True) for p in params
+                if p.name != "self" and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+    unknown = sorted(set(opts) - set(spec))
+    if unknown:
+        takes = "; ".join(f"{k}: {o.allowed}" for k, o in spec.items()) or "none"
+        return f"does not take options {unknown}; its options: {takes}"
+    for key, value in opts.items():
+        if not spec[key].ok(value):
+            return f"option {key}={value!r} is not {spec[key].allowed}"
+    return None
+
+
 def get(spec: str, **options) -> VTPMethod:
-    """Instantiate the method named by `spec` ('name' or 'name:key=value+...'); unknown names list the known ones."""
+    """Instantiate the method named by `spec` ('name' or 'name:key=value+...'), its options checked by its own spec;
+    unknown names list the known ones (KeyError), options the spec refuses say why (ValueError)."""
     name, opts = parse(spec)
     if name not in _REGISTRY:
         raise KeyError(
@@ -230,10 +269,22 @@ def get(spec: str, **options) -> VTPMethod:
             "To add one, put a file in dualspeed/vtp/ that subclasses VTPMethod (selection) or MergeMethod "
             "with @register('<name>'), or list it in $DUALSPEED_VTP_PLUGINS"
         )
-    try:
-        return _REGISTRY[name](**{**opts, **options})
-    except TypeError as e:
-        raise ValueError(f"VTP method '{name}' does not take options {sorted({**opts, **options})}: {e}") from None
+    opts = {**opts, **options}
+    why = _option_problem(_REGISTRY[name], opts)
+    if why:
+        raise ValueError(f"VTP method '{name}' {why}")
+    return _REGISTRY[name](**opts)
+
+
+def check(spec: str, keep: dict[int, str] | None = None) -> VTPMethod:
+    """The check of a method spec, the same at plan time and at run time: get(spec), and that the method fits each
+    token budget in `keep` (k -> where it comes from, for the message). The model checks k again at every step."""
+    method = get(spec)
+    for k, where in (keep or {}).items():
+        why = method.fits(k)
+        if why:
+            raise ValueError(f"VTP method '{method.name}': {why} ({where})")
+    return method
 
 
 def keep_count(n_tokens: int, prune_ratio: float) -> int:

@@ -42,7 +42,7 @@ from __future__ import annotations
 
 import torch
 
-from .base import SOURCE_CLIP, VTPContext, VTPMethod, register
+from .base import SOURCE_CLIP, Option, VTPContext, VTPMethod, register
 
 EPS = 1e-10  # conditional variances below this are duplicates of the chosen set: gain 0, no update
 
@@ -89,13 +89,12 @@ def dpp_greedy(kernel: torch.Tensor, k: int) -> torch.Tensor:
 @register("cdpruner")
 class CDPruner(VTPMethod):
     signals = ("relevance",)
+    options = {"negate": Option("true, false or auto",
+                                lambda v: isinstance(v, bool) or (isinstance(v, str) and v.lower() == "auto"))}
 
     def __init__(self, negate: bool | str | None = None):
-        if isinstance(negate, str):
-            if negate.lower() != "auto":
-                raise ValueError(f"cdpruner's negate is true, false or auto, not {negate!r}")
-            negate = None
-        self.negate = None if negate is None else bool(negate)  # None: the source's own sign
+        # "auto" or unset: the source's own sign (None)
+        self.negate = None if negate is None or isinstance(negate, str) else bool(negate)
 
     def negated(self, source: str | None) -> bool:
         return self.negate if self.negate is not None else source == SOURCE_CLIP

@@ -23,6 +23,8 @@ class DivPrune(VTPMethod):
     distance matrix, with no Python loop over images.
     """
 
+    options = {}  # takes none
+
     def select(self, feats: torch.Tensor, k: int, ctx: VTPContext) -> torch.Tensor:
         b, n, _ = feats.shape
         dist = cosine_distance(feats)  # [B, N, N]

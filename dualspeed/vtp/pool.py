@@ -23,6 +23,8 @@ def lattice_indices(n: int, k: int) -> torch.Tensor:
 
 @register("pool")
 class PoolPrune(VTPMethod):
+    options = {}  # takes none
+
     def select(self, feats: torch.Tensor, k: int, ctx: VTPContext) -> torch.Tensor:
         b, n, _ = feats.shape
         idx = lattice_indices(n, k).to(feats.device)

@@ -8,6 +8,8 @@ from .base import VTPContext, VTPMethod, register
 
 @register("random")
 class RandomPrune(VTPMethod):
+    options = {}  # takes none
+
     def select(self, feats: torch.Tensor, k: int, ctx: VTPContext) -> torch.Tensor:
         b, n, _ = feats.shape
         gen = ctx.generator

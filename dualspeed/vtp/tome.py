@@ -44,6 +44,8 @@ def bipartite_round(sums: torch.Tensor, rep: torch.Tensor, r: int):
 
 @register("tome")
 class ToMe(MergeMethod):
+    options = {}  # takes none
+
     def merge(self, feats: torch.Tensor, k: int, ctx: VTPContext) -> Reduced:
         b, n, _ = feats.shape
         dev = feats.device

@@ -8,7 +8,9 @@ spaced ones among them are the targets, and every other patch joins the target w
 and to the lower target among equally similar ones.
 
 Defaults follow VisionZip's split for LLaVA (54 dominant + 10 contextual of 64 kept): dominant =
-round(54/64 * k). `visionzip:dominant=0.75` sets the fraction; an integer >= 1 sets the count.
+round(54/64 * k). `visionzip:dominant=0.75` sets the fraction; a whole number >= 1 sets the count, which must
+fit in the k tokens a crop keeps (checked at plan time where the config gives the tokens per crop, and at
+every step).
 
 Two differences from the published code, both deliberate: (1) tokens are merged after the projector,
 on what the LLM reads, because a plugin acts on projected features (the projector is an MLP, so this is
@@ -20,7 +22,7 @@ from __future__ import annotations
 
 import torch
 
-from .base import MergeMethod, Reduced, VTPContext, group_weights, register
+from .base import MergeMethod, Option, Reduced, VTPContext, group_weights, register
 
 DOMINANT = 54 / 64
 
@@ -35,11 +37,17 @@ def split(k: int, dominant: float) -> tuple[int, int]:
 @register("visionzip")
 class VisionZip(MergeMethod):
     signals = ("cls_attention", "keys")
+    options = {"dominant": Option("a fraction of the kept tokens in (0, 1), or a whole count >= 1 of them",
+                                  lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)
+                                  and (0 < v < 1 or (v >= 1 and float(v).is_integer())))}
 
     def __init__(self, dominant: float = DOMINANT):
-        if not dominant > 0:
-            raise ValueError(f"visionzip: dominant must be a fraction in (0, 1] or a count >= 1, got {dominant}")
         self.dominant = dominant
+
+    def fits(self, k: int) -> str | None:
+        if self.dominant >= 1 and self.dominant > k:
+            return f"dominant={self.dominant:g} dominant tokens do not fit in the k={k} tokens a crop keeps"
+        return None
 
     def describe(self) -> dict:
         return {**super().describe(), "dominant": self.dominant}
