@@ -56,6 +56,13 @@ def test_command_line_strings_become_the_schema_types():
                                                "is not a fraction of the kept tokens in (0, 1), or a whole count >= 1"),
     ({"grid__methods": ["cdpruner:sign=1"]}, "config key 'grid.methods' has 'cdpruner:sign=1': VTP method 'cdpruner' "
                                              "does not take options ['sign']; its options: negate: true, false or auto"),
+    # the synthetic images' geometry comes from the model: the old keys name where it went
+    ({"data__synth": {"image_size": 32}}, "unknown config key 'data.synth.image_size': the synthetic images take "
+                                          "their image size from the model that reads them, model.tiny.image_size"),
+    ({"eval__tasks": ["synth_nosuch"]}, "config key 'eval.tasks' names ['synth_nosuch'], not a local task file or a "
+                                        "task of the installed lmms-eval; allowed: synth_colour"),
+    ({"eval__tasks": ["gqa"], "eval__backend": "synthetic"}, "config key 'eval.tasks' names ['gqa'], not a task of "
+                                                             "the synthetic evaluator; allowed: synth_colour"),
 ])
 def test_errors_name_key_value_and_what_is_allowed_first(over, first_line):
     with pytest.raises(PlanError) as e:
@@ -98,3 +105,33 @@ def test_a_run_checks_its_method_as_the_plan_does_and_the_model_at_every_step():
     ctx = vtp.VTPContext(cls_attention=torch.rand(1, 64), keys=torch.randn(1, 64, 4))
     with pytest.raises(ValueError, match="dominant=7 dominant tokens do not fit in the k=6"):  # a loaded tower's N
         vtp.get("visionzip:dominant=7").reduce(torch.randn(1, 64, 8), 6, ctx)
+
+
+def test_the_synthetic_images_take_the_models_geometry(tmp_path):
+    from dualspeed.grid.recipe import synth_settings
+
+    assert synth_settings(DEFAULT)["image_size"] == 32 and synth_settings(DEFAULT)["patch_size"] == 4
+    assert synth_settings(with_(model__tiny={"image_size": 48, "patch_size": 8}))["image_size"] == 48
+    nxt = with_(model__tiny={"image_size": 16}, model__image_grid_pinpoints=[[16, 32], [32, 16], [32, 32]])
+    assert (synth_settings(nxt)["image_size"], synth_settings(nxt)["patch_size"]) == (32, 4)  # the base crop + 2x2 grid
+    with pytest.raises(PlanError, match="'model.image_grid_pinpoints' is \\[\\[16, 32\\]\\]: the synthetic images are square"):
+        check(with_(model__image_grid_pinpoints=[[16, 32]]), SCHEMA)
+    smk = [sys.executable, "-m", "snakemake", "-n", "-p", "--cores", "1", "resources/synth/synth_meta.json",
+           "--forcerun", "synthesize", "--config", "model={tiny: {image_size: 48, patch_size: 8}}"]
+    plan = subprocess.run(smk, cwd=ROOT, capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"},
+                          timeout=300)
+    assert plan.returncode == 0, plan.stderr[-2000:]
+    assert "--image-size 48" in plan.stdout and "--patch-size 8" in plan.stdout
+
+
+def test_bench_throughput_reads_the_data_its_run_trained_on(synth_dir, tmp_path):
+    from dualspeed.bench.throughput import eval_data_of
+
+    run = tmp_path / "run"
+    (run / "hf").mkdir(parents=True)
+    with pytest.raises(SystemExit, match="pass --data <synthetic data root>"):
+        eval_data_of(str(run / "hf"), None)
+    (run / "config.resolved.yaml").write_text(yaml.safe_dump({"data": {"json": str(synth_dir / "sft.json")}}))
+    assert eval_data_of(str(run / "hf"), None) == str(synth_dir)
+    with pytest.raises(SystemExit, match="no synthetic held-out set eval_count.json under /nowhere"):
+        eval_data_of(str(run / "hf"), "/nowhere")

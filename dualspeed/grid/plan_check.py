@@ -21,6 +21,12 @@ class PlanError(ValueError):
     pass
 
 
+# keys that moved, and where their value comes from now
+MOVED = {f"data.synth.{k}": f"the synthetic images take their {k.replace('_', ' ')} from the model that reads them, "
+         f"model.tiny.{k} (LLaVA-NeXT: the largest square model.image_grid_pinpoints); remove it here"
+         for k in ("image_size", "patch_size")}
+
+
 def _resolve(sub: dict, root: dict) -> dict:
     while isinstance(sub, dict) and "$ref" in sub:
         node = root
@@ -97,6 +103,8 @@ def validate_schema(config: dict, schema_path: str | Path) -> dict:
     if err.validator == "additionalProperties":
         extra = sorted(set(err.instance) - set(err.schema.get("properties", {})))
         where = f"unknown config key '{_key(path + extra[:1])}'"
+        if _key(path + extra[:1]) in MOVED:
+            raise PlanError(f"config validation failed: {where}: {MOVED[_key(path + extra[:1])]}")
     else:
         where = f"config key '{_key(path)}' is {err.instance!r}"
     raise PlanError(f"config validation failed: {where}; allowed: {_allowed(err)}\n"
@@ -126,6 +134,15 @@ def check_methods(config: dict) -> None:
             vtp.check(spec, keep)
         except ValueError as e:
             raise PlanError(f"config key '{key}' {'is' if key == 'grid.method' else 'has'} {spec!r}: {e}") from None
+
+
+def check_synthetic_images(config: dict) -> None:
+    """The synthetic images take their geometry from the model (recipe.synth_settings): it must give one."""
+    if config["data"]["kind"] == "synthetic":
+        try:
+            recipe.synth_settings(config)
+        except ValueError as e:
+            raise PlanError(str(e)) from None
 
 
 @lru_cache(maxsize=1)
@@ -163,5 +180,6 @@ def check(config: dict, schema_path: str | Path) -> dict:
     """Everything a job will need, checked at plan time -> the config with command-line values coerced."""
     config = validate_schema(config, schema_path)
     check_methods(config)
+    check_synthetic_images(config)
     check_eval_tasks(config)
     return config

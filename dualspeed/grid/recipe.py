@@ -36,6 +36,21 @@ def crop_tokens(cfg: dict) -> int | None:
     return (size // patch) ** 2
 
 
+def synth_settings(cfg: dict) -> dict:
+    """The synthetic generator's settings: data.synth, with the image geometry of the model that reads the images,
+    written nowhere else - patches of model.tiny.patch_size px on one crop of model.tiny.image_size px or, for
+    LLaVA-NeXT (model.image_grid_pinpoints), on the largest square resolution: a base crop plus the full grid."""
+    size, patch = tiny_geometry(cfg)
+    pins = cfg["model"].get("image_grid_pinpoints") or []
+    if pins:
+        squares = [h for h, w in pins if h == w]
+        if not squares:
+            raise ValueError(f"config key 'model.image_grid_pinpoints' is {pins}: the synthetic images are square and "
+                             "take the largest square resolution; add one, e.g. [[32, 32]]")
+        size = max(squares)
+    return {**cfg["data"].get("synth", {}), "image_size": size, "patch_size": patch}
+
+
 def warmup_dir(cfg) -> str:
     return f"{cfg['runs_dir']}/warmup"
 

@@ -6,7 +6,8 @@ if config["data"]["kind"] == "synthetic":
         output:
             meta=f"{config['data']['root']}/synth_meta.json",
         params:
-            args=" ".join(f"--{k.replace('_', '-')} {v}" for k, v in config["data"]["synth"].items()),
+            # data.synth, and the image geometry of the model that reads the images (model.tiny)
+            args=" ".join(f"--{k.replace('_', '-')} {v}" for k, v in recipe.synth_settings(config).items()),
             root=lambda wc, output: os.path.dirname(output.meta),
         conda:
             "../../environment.yml"
