@@ -135,3 +135,15 @@ def test_bench_throughput_reads_the_data_its_run_trained_on(synth_dir, tmp_path)
     assert eval_data_of(str(run / "hf"), None) == str(synth_dir)
     with pytest.raises(SystemExit, match="no synthetic held-out set eval_count.json under /nowhere"):
         eval_data_of(str(run / "hf"), "/nowhere")
+
+
+def test_p_reaches_the_run_as_the_configs_number_not_as_its_path_read_back():
+    """A path writes p with 6 digits (p0.123457); the run trains at the config's p all the same."""
+    target = "runs/tiny/sft/dualspeed/divprune/p0.123457/r0.1/s0/timing.json"
+    smk = [sys.executable, "-m", "snakemake", "-n", "-p", "--cores", "1", target, "--forcerun", "sft",
+           "--config", "grid={p: 0.1234567, p_sweep: [0.1234567]}"]
+    plan = subprocess.run(smk, cwd=ROOT, capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"},
+                          timeout=300)
+    assert plan.returncode == 0, plan.stderr[-2000:]
+    specs = [line for line in plan.stdout.splitlines() if "dualspeed.train --spec" in line and "/sft/" in line]
+    assert len(specs) == 1 and '"ratio": 0.1234567' in specs[0], specs

@@ -27,6 +27,7 @@ RES = config["results_dir"]
 FIGS = config["figures_dir"]
 TABLES = all_tables(GRID)
 SEEDS = point_seeds(GRID)  # row -> its seeds
+SEEDS_ALL = seeds(GRID)
 POINTS = all_points(GRID)  # every training, each seed its own
 PRETRAIN = {pt.pretrain_tag: pt for pt in sorted(POINTS, reverse=True)}
 MODES = config["eval"]["modes"]
@@ -48,13 +49,21 @@ wildcard_constraints:
     table=_alt(TABLES),
 
 
+# Every point the wildcards can name, by its path: a job takes its p and r as the config's numbers, never as
+# numbers read back from a path.
+P_OF = {fmt(p): float(p) for p in {0.0, GRID["p"], *GRID["p_sweep"]}}
+R_OF = {fmt(r): float(r) for r in {0.0, GRID["r"], *GRID["r_sweep"]}}
+POINT_OF = {pt.path: pt for pt in (point(v, m, p, r, s) for v in VARIANTS for m in {pt.method for pt in POINTS}
+                                   for p in P_OF.values() for r in R_OF.values() for s in SEEDS_ALL)}
+
+
 def wc_point(wc):
     """The grid point named by the wildcards; non-canonical spellings are refused with the right one."""
-    pt = point(wc.variant, wc.method, float(wc.p), float(wc.r), int(wc.seed))
     asked = f"{wc.variant}/{wc.method}/p{wc.p}/r{wc.r}/s{wc.seed}"
-    if pt.path != asked:
-        raise ValueError(f"'{asked}' is not a canonical grid point; the same training is '{pt.path}'")
-    return pt
+    if asked in POINT_OF:
+        return POINT_OF[asked]
+    pt = point(wc.variant, wc.method, P_OF.get(wc.p, 0.0), R_OF.get(wc.r, 0.0), int(wc.seed))
+    raise ValueError(f"'{asked}' is not a canonical grid point; the same training is '{pt.path}'")
 
 
 def res(kind, name):

@@ -38,7 +38,8 @@ rule evaluate_vtp:
     params:
         ckpt=f"{recipe.sft_dir(config, BASELINE)}/hf",
         point=lambda wc: json.dumps({"variant": "baseline", "method": "none", "p": 0.0, "r": 0.0, "seed": BASELINE.seed,
-                                     "vtp_inference": {"method": wc.method, "p": float(wc.p)}}),
+                                     "vtp_inference": {"method": wc.method, "p": P_OF[wc.p]}}),
+        ratio=lambda wc: P_OF[wc.p],
         cmd=eval_command(),
         seed=BASELINE.seed,
     conda:
@@ -54,4 +55,4 @@ rule evaluate_vtp:
         **res("eval", "eval"),
     shell:
         "OMP_NUM_THREADS={threads} {params.cmd} --ckpt {params.ckpt} --mode pruned --method {wildcards.method} "
-        "--ratio {wildcards.p} --seed {params.seed} --point {params.point:q} --out {output.metrics} > {log} 2>&1"
+        "--ratio {params.ratio} --seed {params.seed} --point {params.point:q} --out {output.metrics} > {log} 2>&1"
