@@ -8,7 +8,6 @@ lmms-eval and torch are imported once per checkpoint rather than once per mode.
 from __future__ import annotations
 
 import json
-import os
 import sys
 from pathlib import Path
 
