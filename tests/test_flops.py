@@ -170,3 +170,20 @@ def test_a_run_records_the_flops_torch_counts_and_its_peak_memory(synth_dir, tmp
     assert all((timing["mode_flops"][m] > 0) == (timing["mode_steps"][m] > 0) for m in timing["mode_flops"])
     ran = {m for m, n in timing["mode_steps"].items() if n}
     assert set(timing["peak_memory_bytes"]) == ran and all(v > 50 * 2**20 for v in timing["peak_memory_bytes"].values())
+
+
+def test_the_flops_report_reads_the_bench_presets_without_the_gpu_benchmark():
+    """`python -m dualspeed.bench flops` takes its presets from dualspeed/bench/presets.py: a preset's FLOPs build no
+    model and import neither the step-time benchmark nor the model it builds."""
+    import json
+    import subprocess
+    import sys
+
+    code = ("import json, sys\n"
+            "from dualspeed.bench import flops_report\n"
+            "res = flops_report.preset_report('7b-sft', 0.9)\n"
+            "print(json.dumps({'speedup': res['compute_speedup'], 'modules': sorted(sys.modules)}))\n")
+    out = json.loads(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                                    timeout=300).stdout)
+    assert out["speedup"]["baseline"] == 1.0 and out["speedup"]["naiveprune"] > out["speedup"]["dualspeed"] > 1.0
+    assert not {"dualspeed.bench.step_time", "dualspeed.bench.preset_model", "dualspeed.models.llava"} & set(out["modules"])
