@@ -10,6 +10,7 @@ import hashlib
 import importlib.metadata
 import re
 import sys
+import sysconfig
 from pathlib import Path
 
 LOCK = Path(__file__).resolve().parents[1] / "requirements.lock"
@@ -36,8 +37,11 @@ def read_lock(path: Path = LOCK) -> dict[str, str]:
 
 
 def installed() -> dict[str, str]:
+    """The distributions installed in this environment's site-packages. Only there: setuptools, once imported,
+    puts its vendored copies (jaraco, zipp, ...) on sys.path, and they are not installed packages."""
+    where = sorted({sysconfig.get_path("purelib"), sysconfig.get_path("platlib")})
     out = {}
-    for dist in importlib.metadata.distributions():
+    for dist in importlib.metadata.distributions(path=where):
         name = dist.metadata["Name"]
         if name:
             out.setdefault(normalize(name), dist.version)

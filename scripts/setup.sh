@@ -2,15 +2,27 @@
 # Idempotent set-up: a virtual environment (default .venv, or $DUALSPEED_VENV) holding exactly
 # requirements.lock, plus this package (editable). Run by scripts/run.sh and scripts/test.sh, so each
 # README command works from a fresh clone. A changed lock (or this script) rebuilds the venv from empty,
-# so nothing installed earlier survives; it ends by checking the venv against the lock.
+# so nothing installed earlier survives, and ends by checking the venv against the lock; a changed
+# pyproject.toml alone reinstalls only this package.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 venv="${DUALSPEED_VENV:-$root/.venv}"
 lock="$root/requirements.lock"
-stamp="$venv/.dualspeed-installed"
-want="$(cat "$lock" "$root/pyproject.toml" "$root/scripts/setup.sh" | sha256sum | cut -d' ' -f1)"
+stamp="$venv/.dualspeed-installed"        # the lock this venv holds
+project_stamp="$venv/.dualspeed-project"  # the package metadata (entry points, package data) installed
+want="$(cat "$lock" "$root/scripts/setup.sh" | sha256sum | cut -d' ' -f1)"
+want_project="$(sha256sum < "$root/pyproject.toml" | cut -d' ' -f1)"
 if [[ "${1:-}" == "--print-stamp" ]]; then echo "$want"; exit 0; fi
+pip() { "$venv/bin/python" -m pip "$@" 2> >(grep -v "is ignored: it is neither a file nor a directory" >&2); }
+install_project() {  # editable: the checkout is the code; only its metadata is installed
+  PYTHONWARNINGS=ignore pip install -q --no-deps --no-build-isolation -e "$root"
+  echo "$want_project" > "$project_stamp"
+}
 if [[ -f "$stamp" && "$(cat "$stamp")" == "$want" ]]; then
+  if [[ ! -f "$project_stamp" || "$(cat "$project_stamp")" != "$want_project" ]]; then
+    echo "[setup] pyproject.toml changed: reinstalling the dualspeed package into $venv" >&2
+    install_project
+  fi
   exit 0
 fi
 if [[ -e "$venv" && ! -f "$stamp" && -n "$(ls -A "$venv" 2>/dev/null)" ]]; then
@@ -23,7 +35,6 @@ echo "[setup] installing requirements.lock into $venv (first run: about 5 minute
 python3 -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))' ||
   echo "[setup] warning: the lock is made for Python 3.11; $(python3 --version) may not install it" >&2
 python3 -m venv --clear "$venv"
-pip() { "$venv/bin/python" -m pip "$@" 2> >(grep -v "is ignored: it is neither a file nor a directory" >&2); }
 # Part of the lock: the records whose package name is (or, with `-v`, is not) in the list.
 lock_part() {
   awk -v names=" $2 " -v invert="$1" '
@@ -36,7 +47,7 @@ pip install -q --require-hashes --no-deps -r <(lock_part 0 "pip setuptools wheel
 # (an isolated build would fetch a second multi-GB torch).
 pip install -q --require-hashes --no-deps -r <(lock_part 1 "pip setuptools wheel deepspeed")
 DS_BUILD_OPS=0 pip install -q --require-hashes --no-deps --no-build-isolation -r <(lock_part 0 "deepspeed")
-PYTHONWARNINGS=ignore pip install -q --no-deps --no-build-isolation -e "$root"
+install_project
 "$venv/bin/python" -m dualspeed.envlock
 echo "$want" > "$stamp"
 echo "[setup] done in $((SECONDS - t0)) s" >&2

@@ -3,7 +3,6 @@ extra. CI on a machine that kept an older environment fails here, naming each di
 import json
 import re
 import subprocess
-import sys
 import tomllib
 from pathlib import Path
 
@@ -16,6 +15,14 @@ def test_the_running_environment_is_exactly_the_lock():
     diffs = envlock.differences()
     assert not diffs, ("the environment differs from requirements.lock (run `bash scripts/setup.sh`, which "
                        "rebuilds the venv when the lock changes):\n  " + "\n  ".join(diffs))
+
+
+def test_only_installed_packages_count_not_what_setuptools_vendors(monkeypatch):
+    import setuptools
+
+    # what a process that imported setuptools' vendored packages has on sys.path (seen in an lmms-eval job)
+    monkeypatch.syspath_prepend(str(Path(setuptools.__file__).parent / "_vendor"))
+    assert not envlock.differences()
 
 
 def test_differences_name_each_package_and_version():
