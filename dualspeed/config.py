@@ -101,8 +101,13 @@ class TrainConfig:
     scheduler: str = "cosine"
     epochs: float = 1.0
     max_steps: int = -1
-    batch_size: int = 16
-    grad_accum: int = 1
+    batch_size: int = 16  # per process (per GPU)
+    # Samples per optimizer step over every process: the recipe's quantity, the same on any GPU or node count.
+    # 0 = not set: batch_size x grad_accum x world size. See batch_plan.
+    global_batch_size: int = 0
+    # 0 = derived: from global_batch_size and the world size at start (1 without it). Set with global_batch_size,
+    # it must agree with what that gives.
+    grad_accum: int = 0
     seed: int = 0
     bf16: bool = False
     tf32: bool = False
@@ -113,6 +118,9 @@ class TrainConfig:
     logging_steps: int = 10
     dataloader_workers: int = 0
     resume: str = "auto"  # "auto" (latest checkpoint of this config in output_dir), "" (from step 0) or a path
+    # how long a collective waits for a rank that stopped answering before every rank fails (the process group's
+    # timeout, TrainingArguments.ddp_timeout); the default is torch's and HF's 30 minutes
+    dist_timeout_s: int = 1800
     report_to: str = "none"  # none | tensorboard (events under <output_dir>/tb) | wandb
 
 
@@ -174,7 +182,10 @@ class RunConfig:
             (self.fastslow.tau > 0, "fastslow.tau", "must be > 0"),
             (0.0 < self.pmod.floor <= self.pmod.dense_above <= 1.0, "pmod.floor",
              "must satisfy 0 < pmod.floor <= pmod.dense_above <= 1"),
-            (self.train.batch_size >= 1 and self.train.grad_accum >= 1, "train.batch_size", "batch and accumulation must be >= 1"),
+            (self.train.batch_size >= 1, "train.batch_size", "must be >= 1"),
+            (self.train.grad_accum >= 0, "train.grad_accum", "must be >= 1, or 0 = derived"),
+            (self.train.global_batch_size >= 0, "train.global_batch_size", "must be >= 1, or 0 = not set"),
+            (self.train.dist_timeout_s >= 1, "train.dist_timeout_s", "must be >= 1 second"),
             (self.train.epochs > 0 or self.train.max_steps > 0, "train.epochs", "set epochs > 0 or max_steps > 0"),
         ]
         for ok, key, why in checks:
@@ -211,6 +222,53 @@ class RunConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+@dataclass(frozen=True)
+class BatchPlan:
+    """How one optimizer step's samples split: global = per_device x grad_accum x world_size."""
+
+    global_batch: int
+    per_device: int
+    grad_accum: int
+    world_size: int
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def batch_plan(t: TrainConfig, world_size: int, continues: int | None = None) -> BatchPlan:
+    """The batch split of one start of a stage on `world_size` processes; checked at plan time (grid/plan_check.py)
+    and again at run time, before any data or model is read.
+
+    The global batch is train.global_batch_size when set; else, for a run resumed from a checkpoint whose global
+    batch was `continues`, that one (the run keeps its global batch on another process count); else
+    batch_size x grad_accum x world_size. grad_accum is derived from the global batch unless set."""
+    if world_size < 1:
+        raise ValueError(f"world size must be >= 1, got {world_size}")
+    procs = f"{world_size} process{'es' if world_size > 1 else ''}"
+    if t.global_batch_size:
+        target, source = t.global_batch_size, f"config key 'train.global_batch_size' is {t.global_batch_size}"
+    elif continues and not t.grad_accum:
+        target, source = continues, f"the checkpoint being resumed trained with a global batch of {continues}"
+    else:
+        accum = t.grad_accum or 1
+        return BatchPlan(t.batch_size * accum * world_size, t.batch_size, accum, world_size)
+    step = t.batch_size * world_size
+    if target % step:
+        share = (f"set train.batch_size to a divisor of {target // world_size} (the share of each process)"
+                 if target % world_size == 0 else
+                 f"{target} does not split evenly over {procs} at all: run on a process count that divides it")
+        raise ConfigError(
+            f"{source}, which is not a multiple of train.batch_size ({t.batch_size}) x {procs} = {step} "
+            f"samples per accumulation step: {share}")
+    accum = target // step
+    if t.grad_accum and t.grad_accum != accum:
+        raise ConfigError(
+            f"config keys 'train.global_batch_size' ({target}) and 'train.grad_accum' ({t.grad_accum}) disagree on "
+            f"{procs}: {target} / (train.batch_size {t.batch_size} x {world_size}) = {accum} accumulation steps. "
+            f"Remove train.grad_accum (it is derived from the global batch) or set it to {accum}")
+    return BatchPlan(target, t.batch_size, accum, world_size)
 
 
 def _get(obj, dotted: str):

@@ -15,7 +15,7 @@ from dualspeed.data.samples import DataError
 from dualspeed.models.isolator import ModeIsolator
 from dualspeed.modes import SLOW
 from dualspeed.train.losses import align_answers, distill_kl, mode_loss
-from dualspeed.data.sampler import ModalityLengthSampler, modality_grouped
+from dualspeed.data.sampler import GlobalBatchSampler, modality_grouped
 
 
 # -- 1. images: pad to a square on the mean colour ------------------------------------------------
@@ -70,13 +70,19 @@ def test_grouped_sampler_never_mixes_modalities_and_sorts_each_megabatch():
     g = torch.Generator().manual_seed(0)
     lengths = [int(x) for x in torch.randint(1, 50, (70,), generator=g)] + [-int(x) for x in torch.randint(1, 50, (23,), generator=g)]
     batch, chunks = 4, 2
-    order = list(ModalityLengthSampler(lengths, batch, chunks, seed=3))
+    mega = batch * chunks  # one global batch: per-device batch x processes x accumulation steps
+
+    def sampler():
+        return GlobalBatchSampler(len(lengths), mega, batch, seed=3, lengths=lengths)
+
+    whole = list(sampler())
+    assert len(whole) == 96 and whole[93:] == sorted(whole[:8])[:3]  # the last global batch filled from the first
+    order = whole[:93]
     assert sorted(order) == list(range(len(lengths)))
-    assert order == list(ModalityLengthSampler(lengths, batch, chunks, seed=3))  # a function of (seed, epoch)
-    s = ModalityLengthSampler(lengths, batch, chunks, seed=3)
+    assert whole == list(sampler())  # a function of (seed, epoch)
+    s = sampler()
     s.set_epoch(1)
-    assert list(s) != order
-    mega = batch * chunks
+    assert list(s) != whole
     n_full = 70 // mega + 23 // mega - (70 % mega == 0) - (23 % mega == 0)  # each modality's last one goes to the tail
     for m in range(n_full):
         mb = order[m * mega:(m + 1) * mega]

@@ -61,31 +61,48 @@ def modality_grouped(lengths: list[int], batch_size: int, n_chunks: int, gen: to
     return [i for mb in full + [tail] for i in mb]
 
 
-class ModalityLengthSampler(Sampler):
-    """One epoch of modality_grouped indices; a pure function of (seed, epoch), so a resumed run and every
-    rank see the same order (the reference drew from the global torch RNG)."""
+class GlobalBatchSampler(Sampler):
+    """The training order: one epoch cut into whole global batches, the same on any process count.
 
-    def __init__(self, lengths: list[int], batch_size: int, n_chunks: int, seed: int = 0):
-        if batch_size < 1 or n_chunks < 1:
-            raise ValueError(f"batch_size and n_chunks must be >= 1, got {batch_size} and {n_chunks}")
-        self.lengths, self.batch_size, self.n_chunks, self.seed = list(lengths), batch_size, n_chunks, seed
+    Accelerate hands per-device batch k of this order to rank k mod world size, and the Trainer accumulates each
+    rank's consecutive batches, so optimizer step s trains samples [s*G, (s+1)*G) of it whether G is split as 2
+    processes x 1 accumulation step or 1 process x 2 - and a run resumed on another process count skips exactly
+    the steps it trained. The order is a pure function of (seed, epoch): LLaVA's modality-grouped batches when
+    `lengths` is given (megabatch = one global batch), else a random permutation, the one accelerate's seedable
+    sampler draws (generator seeded with seed + epoch), so a single-process run keeps its order.
+
+    A last, partial global batch is filled up with samples of the epoch's first one, as accelerate pads the last
+    batches of a multi-process run: without it a single process would take a smaller last step than two, and the
+    two would differ in which samples they repeat.
+    """
+
+    def __init__(self, n: int, global_batch: int, per_device: int, seed: int = 0, lengths: list[int] | None = None):
+        if n < 1 or per_device < 1 or global_batch % per_device:
+            raise ValueError(f"need n >= 1 and a global batch that is a multiple of the per-device batch, got n={n}, "
+                             f"global batch {global_batch}, per-device {per_device}")
+        if lengths is not None and len(lengths) != n:
+            raise ValueError(f"{len(lengths)} lengths for {n} samples")
+        self.n, self.global_batch, self.per_device, self.seed = n, global_batch, per_device, seed
+        self.lengths = list(lengths) if lengths is not None else None
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
 
     def __len__(self):
-        return len(self.lengths)
+        return -(-self.n // self.global_batch) * self.global_batch
+
+    def order(self) -> list[int]:
+        if self.lengths is not None:
+            gen = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+            out = modality_grouped(self.lengths, self.per_device, self.global_batch // self.per_device, gen)
+        else:
+            out = torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed + self.epoch)).tolist()
+        # the fill: samples of the first global batch, in index order (their order inside it depends on the split)
+        fill = sorted(out[:self.global_batch])
+        while len(out) < len(self):
+            out += fill[:len(self) - len(out)]
+        return out
 
     def __iter__(self):
-        gen = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
-        return iter(modality_grouped(self.lengths, self.batch_size, self.n_chunks, gen))
-
-
-def grouped_sampler(train_cfg, args, dataset) -> ModalityLengthSampler | None:
-    """The trainer's sampler when `train.group_by_modality_length` is set, else None (the Trainer's own).
-    One megabatch is one optimizer step over all ranks (world size x accumulation), as in the reference."""
-    if not train_cfg.group_by_modality_length:
-        return None
-    return ModalityLengthSampler(dataset.modality_lengths(), args.per_device_train_batch_size,
-                                 args.world_size * args.gradient_accumulation_steps, args.seed)
+        return iter(self.order())

@@ -13,7 +13,9 @@ from pathlib import Path
 
 import yaml
 
+from ..config import ConfigError, TrainConfig, batch_plan
 from ..data.synth_tasks import TASKS as SYNTH_TASKS
+from ..typed_merge import merge
 from . import recipe
 
 
@@ -176,10 +178,39 @@ def check_eval_tasks(config: dict) -> None:
         raise PlanError(f"config key 'eval.tasks' names {bad}, not {what}; allowed: {', '.join(shown)}{more}")
 
 
+def train_world_size(config: dict) -> int:
+    """Processes of a training job: GPUs per node (one process on a CPU) x nodes."""
+    r = config["resources"]["train"]
+    return max(r["gpus"], 1) * r.get("nodes", 1)
+
+
+def check_batches(config: dict) -> None:
+    """Every stage's global batch splits over the training job's processes (config.batch_plan, which each run
+    checks again at its start), and only training spans nodes."""
+    if config["resources"]["eval"].get("nodes", 1) != 1:
+        raise PlanError(f"config key 'resources.eval.nodes' is {config['resources']['eval']['nodes']}; allowed: 1 "
+                        "(an evaluation job is one process; resources.train.nodes spreads training over nodes)")
+    stages = [s for s in ("warmup", "pretrain", "sft") if s != "warmup" or config.get("warmup", {}).get("enabled")]
+    own = config.get("pmod", {}).get("train", {})  # the p-MoD row's SFT recipe, over sft.train
+    trains = [(f"{s}.train", config[s].get("train", {})) for s in stages]
+    if own:
+        trains.append(("sft.train with pmod.train", {**config["sft"].get("train", {}), **own}))
+    world = train_world_size(config)
+    for where, train in trains:
+        t = TrainConfig()
+        merge(t, {k: v for k, v in train.items() if k != "stage"}, f"{where}.")
+        try:
+            batch_plan(t, world)
+        except ConfigError as e:
+            raise PlanError(f"{where}: {e} (resources.train: {config['resources']['train']['gpus']} GPUs x "
+                            f"{config['resources']['train'].get('nodes', 1)} nodes)") from None
+
+
 def check(config: dict, schema_path: str | Path) -> dict:
     """Everything a job will need, checked at plan time -> the config with command-line values coerced."""
     config = validate_schema(config, schema_path)
     check_methods(config)
     check_synthetic_images(config)
     check_eval_tasks(config)
+    check_batches(config)
     return config

@@ -16,7 +16,7 @@ import torch
 from transformers import Trainer, TrainingArguments, set_seed
 
 from .. import provenance, vtp
-from ..config import RunConfig, dump_config
+from ..config import BatchPlan, RunConfig, dump_config
 from ..data.check import checked_rows
 from ..data.dataset import Collator, LlavaDataset
 from ..models import clip_text
@@ -25,7 +25,7 @@ from ..models.checkpoint import carry_extras, export_hf
 from ..models.llava import DualSpeedLlava
 from .freeze import set_trainable
 from .memory import PeakMemory
-from .resume import guard_finished, resume_point
+from .resume import checkpoint_meta, guard_finished, resume_point
 from .steplog import StepLog, step_totals
 from .tracking import report_to
 from .trainer import DualSpeedTrainer
@@ -33,13 +33,18 @@ from .trainer import DualSpeedTrainer
 log = logging.getLogger("dualspeed.train")
 
 
-def training_args(cfg: RunConfig, out: Path) -> TrainingArguments:
+def world_size() -> int:
+    """Processes of this run, as the launcher (torchrun) says; 1 when started as plain python."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def training_args(cfg: RunConfig, out: Path, batch: BatchPlan) -> TrainingArguments:
     t = cfg.train
     cuda = torch.cuda.is_available()
     uses_unused = cfg.fastslow.prune and cfg.fastslow.isolator and cfg.fastslow.slow_prob > 0
     return TrainingArguments(
-        output_dir=str(out / "checkpoints"), per_device_train_batch_size=t.batch_size,
-        gradient_accumulation_steps=t.grad_accum, learning_rate=t.lr, weight_decay=t.weight_decay,
+        output_dir=str(out / "checkpoints"), per_device_train_batch_size=batch.per_device,
+        gradient_accumulation_steps=batch.grad_accum, learning_rate=t.lr, weight_decay=t.weight_decay,
         # under DeepSpeed this fills the configs' "gradient_clipping": "auto"; 0 = none, as the reference
         max_grad_norm=t.max_grad_norm,
         warmup_ratio=t.warmup_ratio, lr_scheduler_type=t.scheduler, num_train_epochs=t.epochs, max_steps=t.max_steps,
@@ -51,6 +56,8 @@ def training_args(cfg: RunConfig, out: Path) -> TrainingArguments:
         dataloader_num_workers=t.dataloader_workers, use_cpu=not cuda, save_safetensors=False,
         # slow steps leave the isolator out of the graph; DDP must be told that can happen
         ddp_find_unused_parameters=uses_unused, logging_dir=str(out / "tb"),
+        # a rank that stops answering fails every collective after this long, rather than hanging the job
+        ddp_timeout=t.dist_timeout_s,
         disable_tqdm=False,
     )
 
@@ -63,6 +70,11 @@ def run(cfg: RunConfig, force: bool = False) -> dict:
         return finished
     out.mkdir(parents=True, exist_ok=True)
     t = cfg.train
+    # The batch split of this start, from the world size the launcher gave: a global batch that does not divide,
+    # or a resume that would change it, fails here, before any data or model is read.
+    resume, batch = resume_point(cfg, out, write=int(os.environ.get("RANK", "0")) == 0, world_size=world_size())
+    log.info("global batch %d = %d per device x %d accumulation steps x %d processes", batch.global_batch,
+             batch.per_device, batch.grad_accum, batch.world_size)
     # Seed before anything random is built (a fresh projector, the isolator, LoRA, the data order):
     # two runs of one config must give the same bytes.
     set_seed(t.seed)
@@ -96,22 +108,24 @@ def run(cfg: RunConfig, force: bool = False) -> dict:
     counts = set_trainable(model, cfg)
     if t.gradient_checkpointing:
         model.language_model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    args = training_args(cfg, out)
-    resume = resume_point(cfg, out, write=args.process_index == 0)
+    args = training_args(cfg, out, batch)
+    if args.world_size != batch.world_size:
+        raise RuntimeError(f"the Trainer runs on {args.world_size} processes, WORLD_SIZE said {batch.world_size}")
     if args.process_index == 0:
         dump_config(cfg, out / "config.resolved.yaml")
         # e.g. CDPruner's relevance source and the sign that runs with it
         vtp_info = plugin.provenance(model.signal_sources(plugin.required_signals())) if plugin else None
         provenance.write(out, {"trainable_parameters": counts, "samples": len(dataset), "skipped_samples": skipped,
-                               "carried_extras": carried, "resumed_from": resume, "seed": t.seed, "vtp": vtp_info})
+                               "carried_extras": carried, "resumed_from": resume, "seed": t.seed, "vtp": vtp_info,
+                               "batch": batch.to_dict()})
     trainer = DualSpeedTrainer(model=model, args=args, train_dataset=dataset,
-                               data_collator=Collator(tokenizer.pad_token_id), run_cfg=cfg)
+                               data_collator=Collator(tokenizer.pad_token_id), run_cfg=cfg, batch=batch)
     trainer.add_callback(StepLog(trainer, out / "steps.csv"))
     memory = PeakMemory(trainer)
     trainer.add_callback(memory)
     result = trainer.train(resume_from_checkpoint=resume)
     timing = {"stage": t.stage, **step_totals(out / "steps.csv", resume, result.metrics["train_runtime"]),
-              "resumed_from": resume, "world_size": args.world_size, **memory.summary(),
+              "resumed_from": resume, "world_size": args.world_size, "batch": batch.to_dict(), **memory.summary(),
               "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"cpu x{torch.get_num_threads()}"}
     if args.world_size > 1:
         timing["ranks_agree"] = {"modes_checked_steps": trainer.rank_modes_checked,

@@ -10,12 +10,13 @@ import torch
 from transformers import Trainer
 
 from .. import provenance
-from ..config import RunConfig
-from ..data.sampler import grouped_sampler
+from ..config import BatchPlan, RunConfig
+from ..data.sampler import GlobalBatchSampler
 from ..models.checkpoint import load_trainable, save_trainable
 from ..models.prune import Prune
 from ..modes import FULL, TRAINING_MODE_CODES, TRAINING_MODES
 from .losses import ModeSchedule, mode_loss
+from .resume import checkpoint_meta
 from .step_flops import StepCounter
 from .tracking import mode_scalars
 
@@ -23,9 +24,9 @@ log = logging.getLogger("dualspeed.train")
 
 
 class DualSpeedTrainer(Trainer):
-    def __init__(self, *args, run_cfg: RunConfig, **kwargs):
+    def __init__(self, *args, run_cfg: RunConfig, batch: BatchPlan, **kwargs):
         super().__init__(*args, **kwargs)
-        self.run_cfg = run_cfg
+        self.run_cfg, self.batch = run_cfg, batch
         fs = run_cfg.fastslow
         self.prune = Prune(fs.method, fs.ratio) if fs.prune else None
         self.schedule = ModeSchedule(fs.slow_prob if fs.prune else 0.0, run_cfg.train.seed)
@@ -41,11 +42,11 @@ class DualSpeedTrainer(Trainer):
 
     def pop_step_stats(self) -> dict:
         s = self._stats
-        if s["n"]:
-            for k in ("loss", "teacher_ce", "student_ce", "kl"):
-                s[k] = round(s[k] / s["n"], 6)
         if self.args.world_size > 1:
             s = self._across_ranks(s)
+        if s["n"]:  # the mean over every micro-batch of the global batch, on every rank
+            for k in ("loss", "teacher_ce", "student_ce", "kl"):
+                s[k] = round(s[k] / s["n"], 6)
         self._stats = self._empty_stats()
         self._window.append(s)
         return s
@@ -59,19 +60,20 @@ class DualSpeedTrainer(Trainer):
         super().log(logs, *args, **kwargs)
 
     def _across_ranks(self, s: dict) -> dict:
-        """Sum the step's token and sample counts over ranks, and check every rank ran the same mode:
-        a rank that drew another mode would train a different objective (or deadlock in DDP)."""
+        """Sum the step's counts and losses over ranks, and check every rank ran the same mode: a rank that drew
+        another mode would train a different objective (or deadlock in DDP). Losses are summed with their
+        micro-batch counts, so steps.csv holds the same mean however the global batch is split."""
         code = TRAINING_MODE_CODES[s["mode"] or FULL]
-        local = torch.tensor([[code, s["visual_tokens"], s["text_tokens"], s["samples"], s["flops"]]],
-                             dtype=torch.float64, device=self.args.device)
-        every = self.accelerator.gather(local).cpu()  # [world, 5]
+        keys = ["visual_tokens", "text_tokens", "samples", "flops", "n", "loss", "teacher_ce", "student_ce", "kl"]
+        local = torch.tensor([[code] + [s[k] for k in keys]], dtype=torch.float64, device=self.args.device)
+        every = self.accelerator.gather(local).cpu()  # [world, 1 + len(keys)]
         if not bool((every[:, 0] == code).all()):
             raise RuntimeError(f"ranks disagree on the mode of optimizer step {self.state.global_step}: "
                                f"{[TRAINING_MODES[int(c)] for c in every[:, 0]]}")
         self.rank_modes_checked += 1
-        total = every[:, 1:].sum(0).tolist()
-        return {**s, "visual_tokens": int(total[0]), "text_tokens": int(total[1]), "samples": int(total[2]),
-                "flops": total[3]}
+        total = dict(zip(keys, every[:, 1:].sum(0).tolist()))
+        ints = ("visual_tokens", "text_tokens", "samples", "n")
+        return {**s, **{k: int(v) if k in ints else v for k, v in total.items()}}
 
     def _record(self, mode, loss, inputs, visual_tokens, teacher_ce=None, student_ce=None, kl=None):
         s = self._stats
@@ -87,8 +89,12 @@ class DualSpeedTrainer(Trainer):
         s["samples"] += inputs["input_ids"].shape[0]
 
     def _get_train_sampler(self, train_dataset=None):
+        """Whole global batches in an order that no process count changes (data/sampler.py); accelerate deals each
+        per-device batch to rank (batch index mod world size), so a step trains the same samples on any split."""
         ds = train_dataset if train_dataset is not None else self.train_dataset
-        return grouped_sampler(self.run_cfg.train, self.args, ds) or super()._get_train_sampler(train_dataset)
+        t = self.run_cfg.train
+        lengths = ds.modality_lengths() if t.group_by_modality_length else None
+        return GlobalBatchSampler(len(ds), self.batch.global_batch, self.batch.per_device, self.args.seed, lengths)
 
     def mode_at(self, step: int) -> str:
         """The mode of optimizer step `step` (full when this stage never prunes)."""
@@ -157,7 +163,7 @@ class DualSpeedTrainer(Trainer):
         output_dir = output_dir or self.args.output_dir
         model = self.accelerator.unwrap_model(self.model)
         meta = {"stage": self.run_cfg.train.stage, "isolator_len": self.run_cfg.fastslow.isolator_len,
-                "global_step": self.state.global_step}
+                "global_step": self.state.global_step, **checkpoint_meta(self.batch)}
         save_trainable(model, output_dir, meta, state_dict)
 
     def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
