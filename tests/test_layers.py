@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parents[1]
 # bottom to top: a module may import from its own layer and the layers before it
 LAYERS = [
     ("foundation", ["dualspeed", "dualspeed.cli", "dualspeed.envlock", "dualspeed.provenance", "dualspeed.modes",
-                    "dualspeed.typed_merge"]),
+                    "dualspeed.typed_merge", "dualspeed.launch"]),
     ("vtp", ["dualspeed.vtp"]),
     ("config", ["dualspeed.config"]),
     ("data", ["dualspeed.data"]),

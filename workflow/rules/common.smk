@@ -7,6 +7,7 @@ import yaml
 
 from snakemake.utils import validate
 
+from dualspeed import launch
 from dualspeed.grid import plan_check, recipe
 from dualspeed.grid.variants import (VARIANTS, all_points, all_tables, baseline_row, fmt,
                                      metrics_relpath, point, point_seeds, seeds, vtp_inference_paths)
@@ -67,11 +68,21 @@ def wc_point(wc):
 
 
 def res(kind, name):
-    """Resources of a job from config; runtime grows with the retry attempt."""
+    """Resources of a job from config; runtime grows with the retry attempt. A training job on N > 1 nodes asks
+    the Slurm executor for N nodes with one task each and `gpus` GPUs per node (docs/slurm.md: why gres and not
+    gpu, why mpi, why tasks_per_gpu 0); `mem_mb` and `cpus` are per node."""
     r = config["resources"][kind]
+    nodes = r.get("nodes", 1)
     out = {"mem_mb": r["mem_mb"], "cpus_per_task": r["cpus"],
            "runtime": lambda wc, attempt, base=r["runtime"]: base * attempt}
-    if r["gpus"]:
+    if nodes > 1:
+        # mpi: the job step runs the rule's command as is, which starts its own `srun` over the nodes (launcher);
+        # tasks: --ntasks=N with --nodes=N, one per node; tasks_per_gpu 0 keeps `tasks` from also becoming
+        # --ntasks-per-gpu; gres: GPUs per node (the gpu resource becomes --gpus, a count for the whole job)
+        out.update(nodes=nodes, tasks=nodes, mpi="srun", tasks_per_gpu=0)
+        if r["gpus"]:
+            out["gres"] = ":".join(["gpu", *([r["gpu_model"]] if r.get("gpu_model") else []), str(r["gpus"])])
+    elif r["gpus"]:
         out["gpu"] = r["gpus"]
         if r.get("gpu_model"):
             out["gpu_model"] = r["gpu_model"]
@@ -81,11 +92,10 @@ def res(kind, name):
 
 
 def launcher(kind):
-    """Multi-GPU jobs run on one node under torchrun; others as plain python."""
-    gpus = config["resources"][kind]["gpus"]
-    if gpus > 1:
-        return f"torchrun --standalone --nproc_per_node={gpus} -m"
-    return "python -m"
+    """How a job starts its processes (dualspeed/launch.py): plain python, torchrun on one node, or one srun task
+    per node, each a torchrun agent meeting at the first node."""
+    r = config["resources"][kind]
+    return launch.command(r.get("nodes", 1), r["gpus"], r["cpus"])
 
 
 def metrics_path(pt, mode):
