@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+from datetime import timedelta
 from pathlib import Path
 
 import torch
@@ -36,6 +37,16 @@ log = logging.getLogger("dualspeed.train")
 def world_size() -> int:
     """Processes of this run, as the launcher (torchrun) says; 1 when started as plain python."""
     return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def init_process_group(timeout_s: int) -> None:
+    """Several processes on the CPU: the gloo group with train.dist_timeout_s. The Trainer would create it without
+    ddp_timeout (transformers passes it for CUDA and DeepSpeed only), and a rank that stops answering then held the
+    others in their collective for torch's default 30 minutes."""
+    import torch.distributed as dist
+
+    if world_size() > 1 and not torch.cuda.is_available() and not dist.is_initialized():
+        dist.init_process_group("gloo", timeout=timedelta(seconds=timeout_s))
 
 
 def training_args(cfg: RunConfig, out: Path, batch: BatchPlan) -> TrainingArguments:
@@ -108,6 +119,7 @@ def run(cfg: RunConfig, force: bool = False) -> dict:
     counts = set_trainable(model, cfg)
     if t.gradient_checkpointing:
         model.language_model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    init_process_group(t.dist_timeout_s)
     args = training_args(cfg, out, batch)
     if args.world_size != batch.world_size:
         raise RuntimeError(f"the Trainer runs on {args.world_size} processes, WORLD_SIZE said {batch.world_size}")

@@ -168,3 +168,16 @@ class DualSpeedTrainer(Trainer):
 
     def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
         load_trainable(self.accelerator.unwrap_model(model or self.model), resume_from_checkpoint)
+
+    def _load_optimizer_and_scheduler(self, checkpoint):
+        # Several processes on the CPU (gloo): the Trainer maps the optimizer state onto args.device, there
+        # torch.device("cpu", 0), which torch.load cannot restore onto ("cpu" only), so no such run could resume.
+        ddp_cpu = self.args.world_size > 1 and self.args.device.type == "cpu" and not self.is_deepspeed_enabled
+        if checkpoint is None or not ddp_cpu:
+            return super()._load_optimizer_and_scheduler(checkpoint)
+        from transformers.trainer import OPTIMIZER_NAME, SCHEDULER_NAME
+
+        opt, sched = Path(checkpoint) / OPTIMIZER_NAME, Path(checkpoint) / SCHEDULER_NAME
+        if opt.is_file() and sched.is_file():
+            self.optimizer.load_state_dict(torch.load(opt, map_location="cpu", weights_only=True))
+            self.lr_scheduler.load_state_dict(torch.load(sched, weights_only=True))
