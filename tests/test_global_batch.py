@@ -3,6 +3,7 @@ not split is refused (at plan time and at the start of a run, before any data or
 is cut into whole global batches that no process count changes. The multi-process runs are in
 test_distributed.py."""
 import copy
+import json
 from pathlib import Path
 
 import pytest
@@ -157,3 +158,64 @@ def test_a_resolved_config_written_before_the_new_keys_still_matches():
     assert differing_keys(_comparable(old), _comparable(now)) == []
     old["train"]["grad_accum"] = 2
     assert differing_keys(_comparable(old), _comparable(now)) == ["train.grad_accum"]
+
+
+def checkpointed(tmp_path, trained: BatchPlan, **train) -> tuple:
+    """A run directory as a killed job leaves it: its resolved config and a complete checkpoint that trained with
+    `trained`; -> (the config to start again with, its directory)."""
+    from dualspeed.config import dump_config
+    from dualspeed.models.checkpoint import META_FILE
+    from dualspeed.train.resume import checkpoint_meta
+
+    out = tmp_path / "run"
+    base = {"output_dir": str(out), "model": {"source": "llava", "path": "p"}}
+    before = load_config(base={**base, "train": {"batch_size": trained.per_device, **train.pop("before", {})}})
+    ckpt = out / "checkpoints" / "checkpoint-2"
+    ckpt.mkdir(parents=True)
+    (ckpt / "trainer_state.json").write_text("{}")
+    (ckpt / META_FILE).write_text(json.dumps(checkpoint_meta(trained)))
+    dump_config(before, out / "config.resolved.yaml")
+    return load_config(base={**base, "train": {"batch_size": trained.per_device, **train}}), out
+
+
+def test_resume_keeps_the_global_batch_on_another_process_count(tmp_path):
+    from dualspeed.train.resume import resume_point
+
+    # grad_accum left derived: the checkpoint's global batch continues, on half the processes
+    cfg, out = checkpointed(tmp_path, BatchPlan(16, 4, 2, 2))
+    ckpt, plan = resume_point(cfg, out, write=True, world_size=1)
+    assert ckpt.endswith("checkpoint-2") and plan == BatchPlan(16, 4, 4, 1)
+    # with train.global_batch_size, on twice the processes, and with a smaller per-device batch
+    cfg, out = checkpointed(tmp_path / "g", BatchPlan(16, 4, 2, 2), before={"global_batch_size": 16},
+                            global_batch_size=16)
+    ckpt, plan = resume_point(cfg, out, write=True, world_size=4)
+    assert ckpt.endswith("checkpoint-2") and plan == BatchPlan(16, 4, 1, 4)
+
+
+def test_resume_refuses_a_start_that_would_change_the_global_batch_on_another_process_count(tmp_path):
+    from dualspeed.train.resume import resume_point
+
+    cfg, out = checkpointed(tmp_path, BatchPlan(16, 4, 2, 2), before={"grad_accum": 2}, grad_accum=2)
+    with pytest.raises(ConfigError) as e:
+        resume_point(cfg, out, write=True, world_size=1)
+    msg = str(e.value)
+    assert "trained with a global batch of 16 (4 per device x 2 accumulation steps x 2 processes); this start gives " \
+           "8 (4 per device x 2 accumulation steps x 1 processes)" in msg
+    assert "Set train.global_batch_size=16" in msg and "resume on 2 processes" in msg
+    assert (out / "checkpoints" / "checkpoint-2").is_dir()  # nothing removed
+    # the fix the message names resumes the checkpoint
+    cfg, _ = checkpointed(tmp_path / "fixed", BatchPlan(16, 4, 2, 2), before={"grad_accum": 2}, global_batch_size=16)
+    ckpt, plan = resume_point(cfg, tmp_path / "fixed" / "run", write=True, world_size=1)
+    assert ckpt.endswith("checkpoint-2") and plan == BatchPlan(16, 4, 4, 1)
+
+
+def test_a_changed_batch_on_the_same_process_count_or_a_changed_setting_starts_over(tmp_path):
+    from dualspeed.train.resume import resume_point
+
+    cfg, out = checkpointed(tmp_path, BatchPlan(16, 4, 2, 2), before={"grad_accum": 2}, grad_accum=4)
+    assert resume_point(cfg, out, write=True, world_size=2) == (None, BatchPlan(32, 4, 4, 2))
+    assert not (out / "checkpoints").exists()
+    cfg, out = checkpointed(tmp_path / "lr", BatchPlan(16, 4, 2, 2), before={"global_batch_size": 16},
+                            global_batch_size=16, lr=1.0)
+    assert resume_point(cfg, out, write=True, world_size=1) == (None, BatchPlan(16, 4, 4, 1))
+    assert not (out / "checkpoints").exists()

@@ -112,6 +112,7 @@ def flags(argv):
     return [a for a in argv if not a.startswith("--wrap=")]
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(900)
 def test_a_two_node_sft_job_asks_for_two_nodes_of_eight_gpus_and_runs_one_torchrun_agent_on_each(tmp_path):
     # 256 and 128 over 16 GPUs: 16 and 8 per GPU (the recipe's 32 and 16 do not fit; the plan says so)
@@ -142,6 +143,7 @@ def test_a_two_node_sft_job_asks_for_two_nodes_of_eight_gpus_and_runs_one_torchr
         assert json.loads(line[line.index("--spec") + 1]) == spec
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(900)
 def test_a_one_node_job_keeps_the_gpu_count_and_the_job_steps_srun(tmp_path):
     sbatch, sruns, tasks, batch_log = submit(tmp_path, nodes=1, batch_sizes=(32, 16))
