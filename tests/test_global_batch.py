@@ -219,3 +219,14 @@ def test_a_changed_batch_on_the_same_process_count_or_a_changed_setting_starts_o
                             global_batch_size=16, lr=1.0)
     assert resume_point(cfg, out, write=True, world_size=1) == (None, BatchPlan(16, 4, 4, 1))
     assert not (out / "checkpoints").exists()
+
+
+def test_a_deepspeed_checkpoint_is_not_resumed_on_another_process_count(tmp_path):
+    from dualspeed.train.resume import resume_point
+
+    zero = {"deepspeed": "dualspeed/train/configs/zero3_noprefetch.json", "global_batch_size": 16}
+    cfg, out = checkpointed(tmp_path, BatchPlan(16, 4, 2, 2), before=dict(zero), **zero)
+    with pytest.raises(ConfigError, match=r"ZeRO optimizer state partitioned over 2 processes and this start has 4 "
+                                          r"\(config key 'train.deepspeed'.*Resume on 2 processes"):
+        resume_point(cfg, out, write=True, world_size=4)
+    assert resume_point(cfg, out, write=True, world_size=2)[0].endswith("checkpoint-2")

@@ -49,6 +49,15 @@ def resume_point(cfg: RunConfig, out: Path, write: bool, world_size: int = 1) ->
             log.info("resuming from %s", ckpt)
         return ckpt, batch_plan(t, world_size)
     moved = before.world_size != world_size
+    if moved and t.deepspeed:
+        # DeepSpeed 0.19's engine refuses ZeRO state partitioned for another data-parallel size, but only once the
+        # model is loaded; say so now, with the ways out
+        raise ConfigError(
+            f"{ckpt} holds DeepSpeed ZeRO optimizer state partitioned over {before.world_size} processes and this "
+            f"start has {world_size} (config key 'train.deepspeed' is {t.deepspeed!r}); DeepSpeed cannot repartition "
+            f"it. Resume on {before.world_size} processes (resources.train gpus x nodes), convert the checkpoint "
+            "with DeepSpeed's ds_to_universal and load it as a universal checkpoint yourself, or start over with "
+            "train.resume=''")
     plan = batch_plan(t, world_size, continues=before.global_batch if moved else None)
     if plan.global_batch == before.global_batch:
         log.info("resuming from %s: global batch %d = %d per device x %d accumulation steps x %d processes "
