@@ -16,7 +16,6 @@ import uuid
 from pathlib import Path
 
 import pytest
-import torch
 from safetensors.torch import load_file
 
 from dualspeed.config import load_config

@@ -26,7 +26,7 @@ from ..models.checkpoint import carry_extras, export_hf
 from ..models.llava import DualSpeedLlava
 from .freeze import set_trainable
 from .memory import PeakMemory
-from .resume import checkpoint_meta, guard_finished, resume_point
+from .resume import guard_finished, resume_point
 from .steplog import StepLog, step_totals
 from .tracking import report_to
 from .trainer import DualSpeedTrainer
