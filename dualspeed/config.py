@@ -85,7 +85,7 @@ class LoraSettings:
 
 @dataclass
 class TrainConfig:
-    stage: str = "sft"  # warmup | pretrain | sft
+    stage: str = "sft"  # pretrain | sft
     llm: str = "lora"  # frozen | lora | full
     train_vision_tower: bool = False
     lora: LoraSettings = field(default_factory=LoraSettings)
@@ -173,7 +173,7 @@ class RunConfig:
             (self.data.truncate in ("spliced", "text"), "data.truncate", "must be spliced or text"),
             (self.train.max_grad_norm >= 0, "train.max_grad_norm", "must be >= 0 (0 = no clipping)"),
             (self.fastslow.isolator_init in ("linear", "normal"), "fastslow.isolator_init", "must be linear or normal"),
-            (self.train.stage in ("warmup", "pretrain", "sft"), "train.stage", "must be warmup, pretrain or sft"),
+            (self.train.stage in ("pretrain", "sft"), "train.stage", "must be pretrain or sft"),
             (self.train.llm in ("frozen", "lora", "full"), "train.llm", "must be frozen, lora or full"),
             (self.train.report_to in REPORT_TO, "train.report_to", "must be none, tensorboard or wandb"),
             (0.0 <= self.fastslow.ratio < 1.0, "fastslow.ratio", "p must be in [0, 1)"),
@@ -216,7 +216,7 @@ class RunConfig:
         if self.pmod.enabled and self.fastslow.prune:
             raise ConfigError("config keys 'pmod.enabled' and 'fastslow.prune' cannot both be true: p-MoD is compared "
                               "with DualSpeed, not combined with it")
-        if self.train.stage in ("warmup", "pretrain") and self.fastslow.prune and self.fastslow.slow_prob > 0:
+        if self.train.stage == "pretrain" and self.fastslow.prune and self.fastslow.slow_prob > 0:
             raise ConfigError("config key 'fastslow.slow_prob' must be 0 in the pretraining stage: it is fast mode only")
         return self
 

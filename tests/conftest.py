@@ -13,7 +13,7 @@ def synth_dir(tmp_path_factory):
     from dualspeed.data.synth import SynthConfig, generate
 
     out = tmp_path_factory.mktemp("synth")
-    generate(out, SynthConfig(seed=0, n_warmup=64, n_pretrain=64, n_sft=64, n_text_only=16, n_eval=16))
+    generate(out, SynthConfig(seed=0, n_clip=64, n_corpus=64, n_pretrain=64, n_sft=64, n_text_only=16, n_eval=16))
     return out
 
 

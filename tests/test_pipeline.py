@@ -42,7 +42,7 @@ def test_default_grid_dry_run_counts():
     # 20 distinct SFT rows (p-MoD's included, on the baseline's pretraining; DualSpeed with each of the 6
     # registered VTP methods); the 7 rows of the main, mismatch and ablation tables run 3 seeds: 20 + 7 * 2.
     # 11 distinct pretraining settings at seed 0, the 3 of those rows again per extra seed: 11 + 3 * 2
-    assert n["sft"] == 34 and n["pretrain"] == 17 and n["warmup"] == 1 and n["synthesize"] == 1
+    assert n["sft"] == 34 and n["pretrain"] == 17 and n["standin"] == 2 and n["synthesize"] == 1
     assert n["evaluate"] == 34  # one job per checkpoint, every inference mode in it
     assert n["evaluate_vtp"] == 5  # the baseline pruned with each method but its own (its pruned evaluation)
     assert n["table"] == 9 and n["figure"] == 3  # the paper's 8 tables and the findings table
@@ -74,7 +74,7 @@ def test_real_recipe_dry_runs(profile, recipe, downloads):
     # LLaVA-NeXT: pretraining JSON + images, SFT JSON + 11 image archives
     assert n["download"] == downloads and n["sft"] == 17 and n["pretrain"] == 8 and n["evaluate"] == 17
     assert n["evaluate_vtp"] == 2
-    assert "warmup" not in n
+    assert "standin" not in n
     if profile:
         # GPU training jobs ask Slurm for the config's GPUs; a retry would get a longer runtime
         assert "gpu=8" in res.stdout or "gpu': 8" in res.stdout or "gpu: 8" in res.stdout

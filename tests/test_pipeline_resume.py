@@ -14,7 +14,7 @@ from safetensors.torch import load_file
 
 SFT = Path("runs/smoke/sft/dualspeed/divprune/p0.9/r0.1/s0")
 LOSS_COLUMNS = ("step", "mode", "loss", "teacher_ce", "student_ce", "kl", "visual_tokens", "text_tokens", "samples")
-OVERLAY = "warmup:\n  train: {max_steps: 20}\nsft:\n  train: {max_steps: 40, save_steps: 5}\n"
+OVERLAY = "standins:\n  llm: {train: {max_steps: 20}}\n  clip: {train: {epochs: 1}}\nsft:\n  train: {max_steps: 40, save_steps: 5}\n"
 
 
 def losses(run_dir):

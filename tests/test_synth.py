@@ -4,7 +4,7 @@ from dualspeed.data.synth import SynthConfig, generate
 
 
 def test_synthetic_data_is_deterministic(tmp_path):
-    cfg = SynthConfig(seed=5, n_warmup=4, n_pretrain=4, n_sft=4, n_text_only=2, n_eval=3)
+    cfg = SynthConfig(seed=5, n_clip=4, n_corpus=4, n_pretrain=4, n_sft=4, n_text_only=2, n_eval=3)
     generate(tmp_path / "a", cfg)
     generate(tmp_path / "b", cfg)
     for name in ("sft.json", "eval_count.json", "tokenizer/tokenizer.json"):
@@ -14,7 +14,7 @@ def test_synthetic_data_is_deterministic(tmp_path):
 
 
 def test_eval_sets_are_held_out(synth_dir):
-    train = {r.get("image") for n in ("warmup", "pretrain", "sft") for r in json.loads((synth_dir / f"{n}.json").read_text())}
+    train = {r.get("image") for n in ("clip", "pretrain", "sft") for r in json.loads((synth_dir / f"{n}.json").read_text())}
     for task in ("colour", "count", "presence", "position"):
         ev = json.loads((synth_dir / f"eval_{task}.json").read_text())
         assert ev and not ({r["image"] for r in ev} & train)

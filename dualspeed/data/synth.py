@@ -1,112 +1,42 @@
-"""Synthetic multimodal data, deterministic from a seed: images, LLaVA-format JSON, eval sets, tokenizer.
-
-Each image is a grey, slightly noisy background on a grid of patches with one to three coloured
-objects, each in its own quadrant and covering `object_cells` patches. Most patches are background,
-so pruning 90% of the visual tokens can keep every object - if the pruner picks well.
+"""The synthetic data set, deterministic from a seed: what each stand-in and each stage of the tiny recipe reads.
 
     python -m dualspeed.data synth --out resources/synth --seed 0
 
-The image and patch size are the tiny model's (model.tiny in the pipeline config): the pipeline passes them.
+  clip.json      image-caption pairs: the tiny CLIP's contrastive pretraining (images alone, with their words)
+  corpus.json    text documents, never an image: the tiny LLM's pretraining (data/corpus.py)
+  pretrain.json  LLaVA stage 1: captions (plain template)
+  sft.json       LLaVA stage 2: a question about each image, the tasks in turn, and text-only questions
+  eval_<task>.json, lmms_tasks/   the held-out questions, also as local lmms-eval tasks
+  tokenizer/, clip_tokenizer/     one word-level vocabulary over all of the above (data/vocab.py)
+
+Every split draws its own images. The image and patch size are the tiny model's (model.tiny in the pipeline
+config): the pipeline passes them.
 """
 from __future__ import annotations
 
 import json
 import random
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 from tqdm import tqdm
 
-from .conversation import SYSTEM_PROMPT, prepare_tokenizer
+from . import vocab
+from .corpus import CorpusConfig, corpus
+from .scenes import SceneConfig, caption, draw, question, text_only
 from .synth_tasks import TASKS, write_tasks
-
-COLOURS = {
-    "red": (220, 40, 40), "green": (40, 170, 60), "blue": (40, 80, 220),
-    "yellow": (230, 210, 40), "purple": (150, 60, 190), "orange": (240, 140, 30),
-}
-QUADRANTS = ["top left", "top right", "bottom left", "bottom right"]
-NUMBERS = ["zero", "one", "two", "three", "four"]
-SPECIALS = ["<pad>", "<s>", "</s>", "<unk>", "<image>"]
 
 
 @dataclass
-class SynthConfig:
+class SynthConfig(SceneConfig, CorpusConfig):
     seed: int = 0
-    image_size: int = 32
-    patch_size: int = 4
-    max_objects: int = 3
-    object_cells: int = 2  # side of an object in patches; larger = less redundant background
-    bg_noise: float = 0.03  # std of background noise in [0, 1] units; smaller = more redundant
-    n_warmup: int = 3000
+    n_clip: int = 6000  # image-caption pairs for the CLIP stand-in
+    n_corpus: int = 20000  # text documents for the LLM stand-in
     n_pretrain: int = 3000
-    n_sft: int = 6000  # questions, each about its own image, the four tasks in turn
+    n_sft: int = 6000  # questions, each about its own image, the tasks in turn
     n_text_only: int = 300
     n_eval: int = 200  # per task
-    # questions of the evaluated types per warm-up image beside its caption. 0: the warm-up plays the role of
-    # CLIP's and Vicuna's own pretraining (captions and text only), and SFT is where the skills are learned
-    warmup_qa: int = 0
-
-
-# Colour and position questions are asked about single-object images: the tiny model then has to find
-# the salient tokens rather than bind a word to one of several objects, which it cannot learn in a
-# CPU-sized run (tried: presence on multi-object images stayed at chance). Count questions use one to
-# max_objects objects.
-SINGLE_OBJECT_TASKS = ("colour", "position", "presence")
-
-
-def draw(rng: random.Random, nrng: np.random.Generator, cfg: SynthConfig, n: int | None = None):
-    """One image and its scene description [(colour, quadrant), ...] in quadrant order."""
-    grid = cfg.image_size // cfg.patch_size
-    half = grid // 2
-    if cfg.object_cells > half:
-        raise ValueError(f"object_cells={cfg.object_cells} does not fit a quadrant of {half} patches")
-    pix = np.clip(0.47 + cfg.bg_noise * nrng.standard_normal((cfg.image_size, cfg.image_size, 3)), 0, 1)
-    n = n or rng.randint(1, cfg.max_objects)
-    quads = sorted(rng.sample(range(4), n))
-    colours = rng.sample(sorted(COLOURS), n)
-    scene = []
-    for q, c in zip(quads, colours):
-        r0 = (q // 2) * half + rng.randint(0, half - cfg.object_cells)
-        c0 = (q % 2) * half + rng.randint(0, half - cfg.object_cells)
-        ps, oc = cfg.patch_size, cfg.object_cells
-        pix[r0 * ps:(r0 + oc) * ps, c0 * ps:(c0 + oc) * ps] = np.array(COLOURS[c]) / 255.0
-        scene.append((c, QUADRANTS[q]))
-    return Image.fromarray((pix * 255).round().astype(np.uint8)), scene
-
-
-def caption(scene) -> str:
-    parts = [f"a {c} object at the {q}" for c, q in scene]
-    return f"{NUMBERS[len(scene)]} objects : " + " , ".join(parts) + " ."
-
-
-def question(task: str, scene, rng: random.Random) -> tuple[str, str]:
-    if task == "colour":
-        c, q = rng.choice(scene)
-        return "What colour is the object ?", c
-    if task == "count":
-        return "How many objects are there ?", NUMBERS[len(scene)]
-    if task == "presence":  # POPE-like yes/no
-        present = [c for c, _ in scene]
-        if rng.random() < 0.5:
-            return f"Is there a {rng.choice(present)} object ?", "yes"
-        absent = [c for c in sorted(COLOURS) if c not in present]
-        return f"Is there a {rng.choice(absent)} object ?", "no"
-    if task == "position":
-        c, q = rng.choice(scene)
-        return "Where is the object ?", q
-    raise ValueError(f"unknown task {task}")
-
-
-def text_only(rng: random.Random) -> tuple[str, str]:
-    """Questions about the vocabulary itself: text-only samples mixed into the data."""
-    kind = rng.random()
-    if kind < 0.5:
-        word = rng.choice(sorted(COLOURS) + QUADRANTS)
-        return f"Is {word} a colour ?", "yes" if word in COLOURS else "no"
-    a = rng.randint(0, 3)
-    return f"What number comes after {NUMBERS[a]} ?", NUMBERS[a + 1]
 
 
 def _conv(q: str, a: str, with_image: bool) -> list[dict]:
@@ -114,100 +44,74 @@ def _conv(q: str, a: str, with_image: bool) -> list[dict]:
 
 
 def generate(out: Path, cfg: SynthConfig) -> dict:
+    cfg.check()
     out.mkdir(parents=True, exist_ok=True)
     (out / "images").mkdir(exist_ok=True)
     rng = random.Random(cfg.seed)
     nrng = np.random.default_rng(cfg.seed)
-    splits: dict[str, list] = {"warmup": [], "pretrain": [], "sft": []}
-    splits.update({f"eval_{t}": [] for t in TASKS})
+    single = cfg.single()
+    splits: dict[str, list] = {"clip": [], "pretrain": [], "sft": []} | {f"eval_{t}": [] for t in TASKS}
     counter = 0
+    bar = tqdm(total=cfg.n_clip + cfg.n_pretrain + cfg.n_sft + cfg.n_eval * len(TASKS), desc="synthesizing images",
+               unit="img")
 
-    def new_image(prefix, task=None):
+    def new_image(prefix: str, task: str | None = None):
         nonlocal counter
-        img, scene = draw(rng, nrng, cfg, 1 if task in SINGLE_OBJECT_TASKS else None)
+        img, scene = draw(rng, nrng, cfg, 1 if task in single else None)
         name = f"images/{prefix}_{counter:06d}.png"
         img.save(out / name)
         counter += 1
+        bar.update()
         return name, scene
 
-    total = cfg.n_warmup + cfg.n_pretrain + cfg.n_sft + cfg.n_eval * len(TASKS)  # (+ warm-up QA images)
-    bar = tqdm(total=total, desc="synthesizing images", unit="img")
-    for _ in range(cfg.n_warmup):
-        name, scene = new_image("warmup")
-        splits["warmup"].append({"id": f"warmup-{counter}", "image": name,
-                                 "conversations": _conv("Describe the image .", caption(scene), True)})
-        for task in rng.sample(TASKS, cfg.warmup_qa):
-            qname, qscene = new_image("warmup", task)
-            q, a = question(task, qscene, rng)
-            splits["warmup"].append({"id": f"warmup-{counter}-{task}", "image": qname, "conversations": _conv(q, a, True)})
-        bar.update()
+    for _ in range(cfg.n_clip):
+        name, scene = new_image("clip")
+        splits["clip"].append({"image": name, "caption": caption(scene)})
     for _ in range(cfg.n_pretrain):
         name, scene = new_image("pretrain")
-        splits["pretrain"].append({"id": f"pretrain-{counter}", "image": name,
-                                   "conversations": _conv("", caption(scene), True)})
-        bar.update()
+        splits["pretrain"].append({"id": f"pretrain-{counter}", "image": name, "conversations": _conv("", caption(scene), True)})
     for i in range(cfg.n_sft):
         task = TASKS[i % len(TASKS)]
         name, scene = new_image("sft", task)
         q, a = question(task, scene, rng)
         splits["sft"].append({"id": f"sft-{counter}-{task}", "image": name, "conversations": _conv(q, a, True)})
-        bar.update()
     for i in range(cfg.n_text_only):
         q, a = text_only(rng)
         splits["sft"].append({"id": f"text-{i}", "conversations": _conv(q, a, False)})
-        splits["warmup"].append({"id": f"warmup-text-{i}", "conversations": _conv(q, a, False)})
     for task in TASKS:
         for i in range(cfg.n_eval):
             name, scene = new_image(f"eval_{task}", task)
             q, a = question(task, scene, rng)
             splits[f"eval_{task}"].append({"id": f"{task}-{i}", "image": name, "question": q, "answer": a,
                                            "conversations": _conv(q, a, True)})
-            bar.update()
     bar.close()
     rng.shuffle(splits["sft"])
-    rng.shuffle(splits["warmup"])
+    splits["corpus"] = corpus(cfg.n_corpus, cfg.seed + 1, cfg, cfg)
     for split, rows in splits.items():
-        (out / f"{split}.json").write_text(json.dumps(rows, indent=1))
-    build_tokenizer(splits, out / "tokenizer")
+        (out / f"{split}.json").write_text(json.dumps(rows, indent=None if split == "corpus" else 1))
+    n_vocab = vocab.build(texts(splits), out / "tokenizer", out / "clip_tokenizer")
     write_tasks(out, TASKS)
-    meta = {"config": asdict(cfg), "counts": {k: len(v) for k, v in splits.items()}}
+    meta = {"config": asdict(cfg), "counts": {k: len(v) for k, v in splits.items()}, "vocabulary": n_vocab}
     (out / "synth_meta.json").write_text(json.dumps(meta, indent=2))
     return meta
 
 
-def build_tokenizer(splits: dict, out: Path):
-    """A word-level tokenizer over the corpus and the chat template, built offline."""
-    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
-    from transformers import PreTrainedTokenizerFast
-
-    pre = pre_tokenizers.Whitespace()
-    words: set[str] = set()
-    texts = [SYSTEM_PROMPT, "USER : ASSISTANT :"]
+def texts(splits: dict) -> list[str]:
+    """All the words of a data set: conversations, captions, corpus documents."""
+    out = []
     for rows in splits.values():
         for r in rows:
-            texts += [t["value"].replace("<image>", " ") for t in r["conversations"]]
-    for t in texts:
-        words.update(w for w, _ in pre.pre_tokenize_str(t.lower()))
-    vocab = {tok: i for i, tok in enumerate(SPECIALS + sorted(words))}
-    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
-    tok.normalizer = normalizers.Lowercase()
-    tok.pre_tokenizer = pre
-    tok.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", vocab["<s>"])])
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>",
-                                   pad_token="<pad>", additional_special_tokens=["<image>"])
-    prepare_tokenizer(fast)  # the llava-hf chat template of the training prompt, no token_type_ids
-    fast.save_pretrained(out)
-    return fast
+            out += [t["value"] for t in r.get("conversations", [])] + [r[k] for k in ("caption", "text") if k in r]
+    return out
 
 
 def add_arguments(ap) -> None:
     ap.add_argument("--out", required=True, type=Path)
-    for f, default in asdict(SynthConfig()).items():
-        ap.add_argument(f"--{f.replace('_', '-')}", type=type(default), default=default)
+    for f in fields(SynthConfig):
+        ap.add_argument(f"--{f.name.replace('_', '-')}", type=type(f.default), default=f.default)
 
 
 def command(a) -> int:
-    args = {f: getattr(a, f) for f in asdict(SynthConfig())}
-    meta = generate(a.out, SynthConfig(**args))
+    meta = generate(a.out, SynthConfig(**{f.name: getattr(a, f.name) for f in fields(SynthConfig)}))
     print(json.dumps(meta["counts"]))
     return 0

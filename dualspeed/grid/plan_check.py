@@ -190,7 +190,7 @@ def check_batches(config: dict) -> None:
     if config["resources"]["eval"].get("nodes", 1) != 1:
         raise PlanError(f"config key 'resources.eval.nodes' is {config['resources']['eval']['nodes']}; allowed: 1 "
                         "(an evaluation job is one process; resources.train.nodes spreads training over nodes)")
-    stages = [s for s in ("warmup", "pretrain", "sft") if s != "warmup" or config.get("warmup", {}).get("enabled")]
+    stages = ("pretrain", "sft")
     own = config.get("pmod", {}).get("train", {})  # the p-MoD row's SFT recipe, over sft.train
     trains = [(f"{s}.train", config[s].get("train", {})) for s in stages]
     if own:

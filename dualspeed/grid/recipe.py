@@ -16,8 +16,9 @@ def data_paths(cfg: dict) -> dict:
     d = cfg["data"]
     if d["kind"] == "synthetic":
         root = Path(d["root"])
-        return {"warmup": str(root / "warmup.json"), "pretrain": str(root / "pretrain.json"),
-                "sft": str(root / "sft.json"), "image_folder": str(root), "tokenizer": str(root / "tokenizer")}
+        return {"clip": str(root / "clip.json"), "corpus": str(root / "corpus.json"),
+                "pretrain": str(root / "pretrain.json"), "sft": str(root / "sft.json"), "image_folder": str(root),
+                "tokenizer": str(root / "tokenizer"), "clip_tokenizer": str(root / "clip_tokenizer")}
     return {"pretrain": d["pretrain_json"], "sft": d["sft_json"], "image_folder": d["image_folder"],
             "pretrain_image_folder": d.get("pretrain_image_folder", d["image_folder"])}
 
@@ -51,8 +52,11 @@ def synth_settings(cfg: dict) -> dict:
     return {**cfg["data"].get("synth", {}), "image_size": size, "patch_size": patch}
 
 
-def warmup_dir(cfg) -> str:
-    return f"{cfg['runs_dir']}/warmup"
+STANDINS = ("clip", "llm")  # the tiny recipe's stand-ins for CLIP and Vicuna
+
+
+def standin_dir(cfg, kind: str) -> str:
+    return f"{cfg['runs_dir']}/standins/{kind}"
 
 
 def pretrain_dir(cfg, tag: str) -> str:
@@ -98,25 +102,25 @@ def clip_text(cfg: dict) -> str:
     return "none"
 
 
-def warmup_spec(cfg: dict) -> dict:
+def standin_spec(cfg: dict, kind: str) -> dict:
+    """One stand-in's pretraining, alone: the CLIP on the image-caption pairs, the LLM on the text corpus. The
+    CLIP is trained on the crops the model reads (model.tiny.image_size): for LLaVA-NeXT, the base view."""
+    if kind not in STANDINS:
+        raise ValueError(f"unknown stand-in {kind!r}; stand-ins: {', '.join(STANDINS)}")
     paths = data_paths(cfg)
-    return {
-        "output_dir": warmup_dir(cfg),
-        "model": {"source": "tiny", "tokenizer": paths["tokenizer"], "tiny": copy.deepcopy(cfg["model"]["tiny"]),
-                  "image_grid_pinpoints": copy.deepcopy(cfg["model"].get("image_grid_pinpoints", []))},
-        "data": {"json": paths["warmup"], "image_folder": paths["image_folder"], "template": "vicuna_v1",
-                 **preprocessing(cfg, "warmup")},
-        "train": {**copy.deepcopy(cfg["warmup"]["train"]), "stage": "warmup"},
-        "fastslow": {"prune": False},
-    }
+    return {"kind": kind, "output_dir": standin_dir(cfg, kind), "image_folder": paths["image_folder"],
+            "data": paths["clip" if kind == "clip" else "corpus"],
+            "tokenizer": paths["clip_tokenizer" if kind == "clip" else "tokenizer"],
+            "tiny": copy.deepcopy(cfg["model"].get("tiny", {})), "train": copy.deepcopy(cfg["standins"][kind]["train"])}
 
 
 def pretrain_spec(cfg: dict, pt: Point) -> dict:
     paths, m = data_paths(cfg), cfg["model"]
-    if m["source"] == "tiny":
-        model = {"source": "llava", "path": f"{warmup_dir(cfg)}/hf", "reinit_projector": True}
-    elif m["source"] == "compose":
-        model = {"source": "compose", "llm": m["llm"], "vision_tower": m["vision_tower"],
+    if m["source"] in ("tiny", "compose"):
+        # LLaVA's start: the LLM and the CLIP, which have never seen each other, and a fresh projector between them
+        tiny = m["source"] == "tiny"
+        model = {"source": "compose", "llm": f"{standin_dir(cfg, 'llm')}/hf" if tiny else m["llm"],
+                 "vision_tower": f"{standin_dir(cfg, 'clip')}/hf" if tiny else m["vision_tower"],
                  "vision_feature_layer": m.get("vision_feature_layer", -2),
                  "image_grid_pinpoints": copy.deepcopy(m.get("image_grid_pinpoints", []))}
     else:

@@ -14,7 +14,6 @@ from transformers import (
     CLIPImageProcessor,
     CLIPVisionConfig,
     CLIPVisionModel,
-    LlamaConfig,
     LlavaConfig,
     LlavaForConditionalGeneration,
     LlavaNextConfig,
@@ -24,6 +23,7 @@ from transformers import (
 
 from ..config import ModelConfig, TinyModelConfig
 from ..data.conversation import IMAGE_TOKEN
+from . import standins
 
 
 def tiny_image_processor(size: int, grid_pinpoints: list | None = None):
@@ -53,50 +53,24 @@ def llava_config(vision, text, grid_pinpoints: list | None, **kw):
 
 
 def build_tiny(cfg: TinyModelConfig, tokenizer, seed: int = 0, grid_pinpoints: list | None = None):
-    """A tiny CLIP + tiny Llama LLaVA (or LLaVA-NeXT with grid pinpoints) with random weights,
-    reproducible without touching global RNG."""
-    if cfg.image_size % cfg.patch_size:
-        raise ValueError(f"tiny.image_size {cfg.image_size} must be a multiple of tiny.patch_size {cfg.patch_size}")
+    """A tiny CLIP + tiny Llama LLaVA (or LLaVA-NeXT with grid pinpoints) with random weights, the stand-ins'
+    shapes (models/standins.py), reproducible without touching global RNG. For tests and benchmarks: the tiny
+    recipe composes the trained stand-ins instead."""
     grid_pinpoints = check_pinpoints(grid_pinpoints or [], cfg.image_size)
     image_id = tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
-    vision = CLIPVisionConfig(hidden_size=cfg.vision_hidden, intermediate_size=4 * cfg.vision_hidden,
-                              num_hidden_layers=cfg.vision_layers, num_attention_heads=cfg.vision_heads,
-                              image_size=cfg.image_size, patch_size=cfg.patch_size, projection_dim=cfg.vision_hidden)
-    text = LlamaConfig(vocab_size=len(tokenizer), hidden_size=cfg.llm_hidden, intermediate_size=cfg.llm_intermediate,
-                       num_hidden_layers=cfg.llm_layers, num_attention_heads=cfg.llm_heads,
-                       num_key_value_heads=cfg.llm_heads, max_position_embeddings=cfg.max_positions,
-                       pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
-                       eos_token_id=tokenizer.eos_token_id, tie_word_embeddings=False)
     n_tokens = (cfg.image_size // cfg.patch_size) ** 2
-    config, cls = llava_config(vision, text, grid_pinpoints, image_token_index=image_id, vision_feature_layer=-1,
+    config, cls = llava_config(standins.vision_config(cfg), standins.llm_config(cfg, tokenizer), grid_pinpoints,
+                                image_token_index=image_id, vision_feature_layer=-1,
                                 vision_feature_select_strategy="default", projector_hidden_act="gelu",
                                 image_seq_length=n_tokens)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = cls(config)
-    # A pretrained CLIP knows where each patch is; a random one must learn it, and the tiny run is
-    # too short for that. Fixed 2-D sin-cos position embeddings (as in MAE) stand in for it.
-    pos = model.model.vision_tower.vision_model.embeddings.position_embedding.weight
-    with torch.no_grad():
-        pos[0].zero_()  # CLS
-        pos[1:].copy_(sincos_2d(cfg.image_size // cfg.patch_size, cfg.vision_hidden))
+    standins.fix_positions(model.model.vision_tower.vision_model, cfg)
+    model.model.vision_tower.vision_model.embeddings.position_embedding.weight.requires_grad_(True)
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     return model
-
-
-def sincos_2d(grid: int, dim: int) -> torch.Tensor:
-    """[grid*grid, dim] 2-D sine-cosine position embeddings, rows then columns, raster order."""
-    if dim % 4:
-        raise ValueError(f"vision_hidden {dim} must be a multiple of 4 for 2-D sin-cos position embeddings")
-    quarter = dim // 4
-    freq = 1.0 / (10000 ** (torch.arange(quarter, dtype=torch.float32) / quarter))
-    coords = torch.arange(grid, dtype=torch.float32)
-    ang = coords[:, None] * freq[None]  # [grid, quarter]
-    one_axis = torch.cat([ang.sin(), ang.cos()], dim=1)  # [grid, dim/2]
-    rows = one_axis[:, None, :].expand(grid, grid, -1)
-    cols = one_axis[None, :, :].expand(grid, grid, -1)
-    return torch.cat([rows, cols], dim=-1).reshape(grid * grid, dim)
 
 
 def _compose(cfg: ModelConfig, dtype):

@@ -19,8 +19,9 @@ config.update(plan_check.check(config, workflow.source_path("../schemas/config.s
 validate(config, schema="../schemas/config.schema.yaml")  # fills the schema's defaults
 
 GRID = config["grid"]
-if config["model"]["source"] == "tiny" and not config.get("warmup", {}).get("enabled", False):
-    raise ValueError("config key 'warmup.enabled' must be true when model.source is tiny: the tiny model starts random")
+if config["model"]["source"] == "tiny" and set(config.get("standins", {})) != set(recipe.STANDINS):
+    raise ValueError("config key 'standins' must give the training of each stand-in (clip, llm) when model.source is "
+                     "tiny: the tiny recipe pretrains its own CLIP and LLM before LLaVA's two stages")
 
 RECIPE = config["recipe"]
 RUNS = config["runs_dir"]
@@ -152,7 +153,7 @@ def data_ready():
 def pretrain_inputs(wc):
     ins = list(data_ready())
     if config["model"]["source"] == "tiny":
-        ins.append(f"{recipe.warmup_dir(config)}/timing.json")
+        ins += [f"{recipe.standin_dir(config, kind)}/timing.json" for kind in recipe.STANDINS]
     if config["data"]["kind"] != "synthetic":
         ins += data_inputs("pretrain")
     return ins

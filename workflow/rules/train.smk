@@ -1,28 +1,30 @@
-# Training: (tiny only) warm-up -> pretraining per pretrain tag -> SFT per grid point.
+# Training: (tiny only) the stand-ins for CLIP and Vicuna -> pretraining per pretrain tag -> SFT per grid point.
 # Each run dir holds config.resolved.yaml, provenance.json, steps.csv, timing.json and hf/.
 
 
-if config.get("warmup", {}).get("enabled", False):
+if config["model"]["source"] == "tiny":
 
-    rule warmup:
+    # CLIP's and Vicuna's own pretraining, each stand-in alone: shared by every run and seed
+    rule standin:
         input:
             data_ready(),
         output:
-            timing=f"{RUNS}/warmup/timing.json",
+            timing=f"{RUNS}/standins/{{kind}}/timing.json",
         params:
-            spec=lambda wc: json.dumps(recipe.warmup_spec(config)),
-            launch=launcher("train"),
+            spec=lambda wc: json.dumps(recipe.standin_spec(config, wc.kind)),
+        wildcard_constraints:
+            kind="|".join(recipe.STANDINS),
         conda:
             "../../environment.yml"
         log:
-            f"logs/{RECIPE}/warmup.log",
+            f"logs/{RECIPE}/standins/{{kind}}.log",
         benchmark:
-            f"benchmarks/{RECIPE}/warmup.tsv"
-        threads: THREADS.get("warmup", THREADS["train"])
+            f"benchmarks/{RECIPE}/standins/{{kind}}.tsv"
+        threads: THREADS.get("standin", THREADS["train"])
         resources:
-            **res("train", "warmup"),
+            **res("train", "standin"),
         shell:
-            "OMP_NUM_THREADS={threads} {params.launch} dualspeed.train --spec {params.spec:q} > {log} 2>&1"
+            "OMP_NUM_THREADS={threads} python -m dualspeed.train.standin --spec {params.spec:q} > {log} 2>&1"
 
 
 rule pretrain:

@@ -1,0 +1,1 @@
+"""Pretraining of the tiny stand-ins for CLIP and Vicuna, each alone (`python -m dualspeed.train.standin`)."""
