@@ -95,3 +95,22 @@ def test_every_word_the_tiny_model_reads_is_in_its_vocabulary(tmp_path):
     texts += [r["caption"] for r in json.loads((out / "clip.json").read_text())]
     assert unknown_words(tok, texts) == {}
     assert unknown_words(tok, ["a rectangle"]) == {"rectangle": 1}
+
+
+def test_llm_standin_reads_repeated_text_first_then_the_whole_corpus(synth_dir, tmp_path, monkeypatch):
+    seen = []
+    real = modeling_llama.LlamaModel.forward
+
+    def spy(self, input_ids=None, attention_mask=None, *a, **k):
+        seen.append([ids[m.bool()].tolist() for ids, m in zip(input_ids, attention_mask)])
+        return real(self, input_ids, attention_mask, *a, **k)
+
+    monkeypatch.setattr(modeling_llama.LlamaModel, "forward", spy)
+    run({**_spec(synth_dir, tmp_path, "llm"), "train": {**TRAIN, "max_steps": 4, "copy_steps": 2}})
+
+    def repeated(ids):  # <s> run run </s>
+        body = ids[1:-1]
+        return len(body) % 2 == 0 and body[:len(body) // 2] == body[len(body) // 2:]
+
+    assert all(repeated(ids) for batch in seen[:2] for ids in batch)
+    assert not all(repeated(ids) for batch in seen[2:] for ids in batch)

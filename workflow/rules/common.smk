@@ -1,6 +1,7 @@
 import json
 import os
 import re
+import shlex
 from types import SimpleNamespace
 
 import yaml

@@ -7,7 +7,7 @@ if config["data"]["kind"] == "synthetic":
             meta=f"{config['data']['root']}/synth_meta.json",
         params:
             # data.synth, and the image geometry of the model that reads the images (model.tiny)
-            args=" ".join(f"--{k.replace('_', '-')} {v}" for k, v in recipe.synth_settings(config).items()),
+            args=" ".join(f"--{k.replace('_', '-')} {shlex.quote(str(v))}" for k, v in recipe.synth_settings(config).items()),
             root=lambda wc, output: os.path.dirname(output.meta),
         conda:
             "../../environment.yml"

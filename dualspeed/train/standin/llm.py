@@ -24,16 +24,17 @@ def encode(tokenizer, doc: dict, max_len: int) -> tuple[list[int], list[int]]:
     return ids[:max_len], labels[:max_len]
 
 
-def read_documents(cfg: StandinConfig, tokenizer) -> list[tuple[list[int], list[int]]]:
+def read_documents(cfg: StandinConfig, tokenizer) -> tuple[list[tuple[list[int], list[int]]], list[str]]:
     docs = json.loads(Path(cfg.data).read_text())
-    out = []
+    out, kinds = [], []
     for i, d in enumerate(docs):
         if not isinstance(d, dict) or not ({"text", "conversations"} & d.keys()):
             raise ValueError(f"{cfg.data}: document #{i} must hold 'text' or 'conversations'")
         if IMAGE_TOKEN in json.dumps(d):  # the stand-in's whole point: it has never seen an image
             raise ValueError(f"{cfg.data}: document #{i} holds {IMAGE_TOKEN}; the LLM stand-in is trained on text alone")
         out.append(encode(tokenizer, d, cfg.tiny.max_positions))
-    return out
+        kinds.append(d.get("kind", ""))
+    return out, kinds
 
 
 def collate(docs: list, pad: int):
@@ -54,7 +55,7 @@ def lm_loss(model, batch) -> torch.Tensor:
 def train(cfg: StandinConfig, out: Path) -> tuple[dict, dict]:
     t = cfg.train
     tokenizer = AutoTokenizer.from_pretrained(cfg.tokenizer)
-    docs = read_documents(cfg, tokenizer)
+    docs, kinds = read_documents(cfg, tokenizer)
     image_id = tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
     model = new_llm(cfg.tiny, tokenizer, t.seed)
     per_epoch = max(1, len(docs) // t.batch_size)
@@ -62,8 +63,16 @@ def train(cfg: StandinConfig, out: Path) -> tuple[dict, dict]:
     rng = random.Random(t.seed)
     fed = {"tokens": 0, "image_tokens": 0}
 
+    repeat = [i for i, k in enumerate(kinds) if k == "repeat"]
+    if t.copy_steps and not repeat:
+        raise ValueError(f"{cfg.data}: train.copy_steps={t.copy_steps} needs documents of kind 'repeat'; there are none")
+
     def batches():
-        # length-grouped megabatches of 50 batches: little padding, the order still random
+        gen = torch.Generator().manual_seed(t.seed)
+        for _ in range(min(t.copy_steps, total)):
+            idx = [repeat[i] for i in torch.randint(len(repeat), (t.batch_size,), generator=gen)]
+            yield count(collate([docs[i] for i in idx], tokenizer.pad_token_id))
+        # then the whole corpus, in length-grouped megabatches of 50 batches: little padding, the order random
         while True:
             order = rng.sample(range(len(docs)), len(docs))
             queue = []
@@ -72,10 +81,12 @@ def train(cfg: StandinConfig, out: Path) -> tuple[dict, dict]:
                 queue += [mega[j:j + t.batch_size] for j in range(0, len(mega), t.batch_size)]
             rng.shuffle(queue)
             for idx in queue:
-                batch = collate([docs[i] for i in idx], tokenizer.pad_token_id)
-                fed["tokens"] += int(batch[1].sum())
-                fed["image_tokens"] += int((batch[0][batch[1].bool()] == image_id).sum())
-                yield batch
+                yield count(collate([docs[i] for i in idx], tokenizer.pad_token_id))
+
+    def count(batch):
+        fed["tokens"] += int(batch[1].sum())
+        fed["image_tokens"] += int((batch[0][batch[1].bool()] == image_id).sum())
+        return batch
 
     stats = fit(model, batches(), lm_loss, total, t, out, "LLM stand-in (text)")
     hf = out / "hf"
