@@ -152,3 +152,14 @@ def test_sft_only_per_stage_table_is_written_as_not_run():
     cfg["model"] = {"source": "llava", "path": "llava-hf/llava-1.5-7b-hf"}
     df, caption = table(cfg, "per_stage")
     assert list(df["result"]) == ["not run"] * 4 and "SFT-only grid" in caption and "llava-1.5-7b-hf" in caption
+
+
+def test_tasks_of_an_include_path_may_be_named_and_an_empty_one_is_refused(own):
+    mine = own / "my_tasks"
+    mine.mkdir()
+    args = variant(own, lambda c: c["eval"].update(include_path="my_tasks", tasks=["digits", "my_vqa"]))
+    res = smk("-n", "--cores", "1", *args, cwd=own, check=False)
+    assert res.returncode != 0 and "config key 'eval.include_path' is 'my_tasks': no lmms-eval task YAML" in res.stdout + res.stderr
+    (mine / "my_vqa.yaml").write_text("task: my_vqa\ndataset_path: json\n")
+    res = smk("-n", "-p", "--forceall", "--cores", "1", *args, cwd=own)  # -p: the commands, with their task folders
+    assert os.pathsep.join(["resources/smoke-own/lmms_tasks", "my_tasks"]) in res.stdout

@@ -246,8 +246,8 @@ def check_eval_tasks(config: dict) -> None:
                             "reads the synthetic held-out sets; allowed with other data: lmms_eval")
         known, what = local, "a task of the synthetic evaluator"
     else:
-        known, what = local | lmms_eval_tasks(), "a local task (eval.local_tasks, eval.include_path) or a task of " \
-            "the installed lmms-eval"
+        known, what = local | lmms_eval_tasks(), "a local task (the synthetic data's, eval.local_tasks, " \
+            "eval.include_path) or a task of the installed lmms-eval"
     bad = [t for t in e["tasks"] if t not in known]
     if bad:
         shown = sorted(local) or sorted(known)[:12]
