@@ -174,9 +174,9 @@ def check_local_data(config: dict) -> None:
     only where the model already has a trained projector (model.source llava: an SFT-only grid)."""
     d, source = config["data"], config["model"]["source"]
     if d["kind"] != "local":
-        moved = [k for k in ("pretrain_json", "sft_json", "image_folder", "pretrain_image_folder") if k in d]
-        if d["kind"] == "synthetic" and moved:
-            raise PlanError(f"config key 'data.{moved[0]}' is set but data.kind is 'synthetic', which generates its "
+        given = [k for k in ("pretrain_json", "sft_json", "image_folder", "pretrain_image_folder") if k in d]
+        if d["kind"] == "synthetic" and given:  # silently training on generated data would be worse than stopping
+            raise PlanError(f"config key 'data.{given[0]}' is set but data.kind is 'synthetic', which generates its "
                             "own data; set data.kind: local to train on your files")
         return
     for key in ("sft_json", "image_folder"):
@@ -187,6 +187,9 @@ def check_local_data(config: dict) -> None:
         raise PlanError(f"config key 'data.pretrain_json' is missing; model.source {source} starts with a fresh "
                         "projector that pretraining must train. Give pretraining data, or start from a llava-hf "
                         "checkpoint (model.source: llava, model.path) for an SFT-only grid")
+    if not d.get("pretrain_json") and not config["model"].get("path"):
+        raise PlanError("config key 'model.path' is missing; an SFT-only grid (no data.pretrain_json) starts every row "
+                        "from a llava-hf checkpoint: give its hub id or folder, e.g. llava-hf/llava-1.5-7b-hf")
     checks = [("data.sft_json", d["sft_json"], "file"), ("data.image_folder", d["image_folder"], "dir")]
     if d.get("pretrain_json"):
         checks += [("data.pretrain_json", d["pretrain_json"], "file"),

@@ -56,7 +56,7 @@ def timings(cfg: dict, pt: Point) -> dict:
 
 
 def sft_only_note(cfg: dict) -> str:
-    pre = sorted(v for v, s in VARIANTS.items() if s["pre_prune"])
+    pre = sorted(v for v, s in VARIANTS.items() if s["pre_prune"] and s["sft_prune"])  # vtp_pretrain: not run
     return (f"SFT-only grid: no pretraining data, so no pretraining stage ran; every row's SFT starts from "
             f"{cfg['model'].get('path')} (its projector trained without VTP). Rows whose recipe also prunes in "
             f"pretraining ({', '.join(pre)}) ran their SFT part only; tables comparing pretraining settings "
