@@ -163,3 +163,8 @@ def test_tasks_of_an_include_path_may_be_named_and_an_empty_one_is_refused(own):
     (mine / "my_vqa.yaml").write_text("task: my_vqa\ndataset_path: json\n")
     res = smk("-n", "-p", "--forceall", "--cores", "1", *args, cwd=own)  # -p: the commands, with their task folders
     assert os.pathsep.join(["resources/smoke-own/lmms_tasks", "my_tasks"]) in res.stdout
+
+
+def test_lint_is_clean_on_own_data(own):
+    res = smk("--lint", "--configfile", "config/smoke.yaml", "config/smoke_own.yaml", cwd=own, check=False)
+    assert "Congratulations, your workflow is in a good condition!" in res.stdout + res.stderr, res.stdout[-3000:]

@@ -161,7 +161,9 @@ def prepare_local_args():
             f"--bad-images {d.get('bad_images', 'fail')}"]
     if d.get("pretrain_json"):
         args.append(f"--pretrain-json {q(d['pretrain_json'])} --pretrain-image-folder {q(paths['pretrain_image_folder'])}")
-    args += [f"--task {q(n + '=' + t['json'] + '::' + t['image_folder'])}" for n, t in config["eval"]["local_tasks"].items()]
+    for name, task in config["eval"]["local_tasks"].items():
+        spec = f"{name}={task['json']}::{task['image_folder']}"
+        args.append(f"--task {q(spec)}")
     if config["model"]["source"] == "tiny":
         args.append("--tiny")
     return " ".join(args)

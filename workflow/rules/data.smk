@@ -30,7 +30,7 @@ elif config["data"]["kind"] == "local":
             meta=recipe.data_paths(config)["meta"],
         params:
             args=prepare_local_args(),
-            root=recipe.local_root(config),
+            root=lambda wc, output: os.path.dirname(output.meta),
         conda:
             "../../environment.yml"
         log:
