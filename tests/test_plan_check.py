@@ -59,8 +59,9 @@ def test_command_line_strings_become_the_schema_types():
     # the synthetic images' geometry comes from the model: the old keys name where it went
     ({"data__synth": {"image_size": 32}}, "unknown config key 'data.synth.image_size': the synthetic images take "
                                           "their image size from the model that reads them, model.tiny.image_size"),
-    ({"eval__tasks": ["synth_nosuch"]}, "config key 'eval.tasks' names ['synth_nosuch'], not a local task file or a "
-                                        "task of the installed lmms-eval; allowed: synth_colour"),
+    ({"eval__tasks": ["synth_nosuch"]}, "config key 'eval.tasks' names ['synth_nosuch'], not a local task (the "
+                                        "synthetic data's, eval.local_tasks, eval.include_path) or a task of the "
+                                        "installed lmms-eval; allowed: synth_colour"),
     ({"eval__tasks": ["gqa"], "eval__backend": "synthetic"}, "config key 'eval.tasks' names ['gqa'], not a task of "
                                                              "the synthetic evaluator; allowed: synth_colour"),
 ])

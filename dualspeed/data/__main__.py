@@ -2,15 +2,16 @@
 
     python -m dualspeed.data check --json FILE --image-folder DIR [--workers N]   every sample and image checked
     python -m dualspeed.data synth --out resources/synth --seed 0                  the synthetic data set
+    python -m dualspeed.data local --out resources/mine --sft-json F --image-folder D [--tiny]   your own data
     python -m dualspeed.data fetch file --entry '<json>' --stamp resources/downloads/x.ok
     python -m dualspeed.data fetch benchmark --entry gqa --cache resources/hf_home --stamp resources/benchmarks/gqa.ok
 """
 from __future__ import annotations
 
 from .. import cli
-from . import check, fetch, synth
+from . import check, fetch, local, synth
 
-COMMANDS = {"check": check, "synth": synth, "fetch": fetch}
+COMMANDS = {"check": check, "synth": synth, "local": local, "fetch": fetch}
 
 
 def main(argv=None) -> int:

@@ -12,15 +12,34 @@ from ..config import TinyModelConfig
 from .variants import Point, stage_fastslow
 
 
+def local_root(cfg: dict) -> str:
+    """Where the pipeline writes what it derives from a user's own data (data.kind local): never beside the data."""
+    return cfg["data"].get("root") or f"resources/{cfg['recipe']}"
+
+
+def has_pretraining(cfg: dict) -> bool:
+    """False for an SFT-only grid: own data without pretraining data, from a checkpoint whose projector is trained
+    (model.source llava). Its SFT starts from model.path; no pretraining stage runs."""
+    d = cfg.get("data", {})
+    return not (d.get("kind") == "local" and not d.get("pretrain_json"))
+
+
 def data_paths(cfg: dict) -> dict:
     d = cfg["data"]
     if d["kind"] == "synthetic":
         root = Path(d["root"])
         return {"clip": str(root / "clip.json"), "corpus": str(root / "corpus.json"),
                 "pretrain": str(root / "pretrain.json"), "sft": str(root / "sft.json"), "image_folder": str(root),
-                "tokenizer": str(root / "tokenizer"), "clip_tokenizer": str(root / "clip_tokenizer")}
-    return {"pretrain": d["pretrain_json"], "sft": d["sft_json"], "image_folder": d["image_folder"],
-            "pretrain_image_folder": d.get("pretrain_image_folder", d["image_folder"])}
+                "clip_image_folder": str(root), "tokenizer": str(root / "tokenizer"),
+                "clip_tokenizer": str(root / "clip_tokenizer")}
+    out = {"pretrain": d.get("pretrain_json", ""), "sft": d["sft_json"], "image_folder": d["image_folder"],
+           "pretrain_image_folder": d.get("pretrain_image_folder", d["image_folder"])}
+    if d["kind"] == "local":  # the tiny recipe's derived files (data/local.py), under the recipe's own root
+        root = Path(local_root(cfg))
+        out.update(clip=str(root / "clip.json"), corpus=str(root / "corpus.json"), tokenizer=str(root / "tokenizer"),
+                   clip_tokenizer=str(root / "clip_tokenizer"), clip_image_folder=out["pretrain_image_folder"],
+                   tasks=str(root / "lmms_tasks"), meta=str(root / "local_meta.json"))
+    return out
 
 
 def tiny_geometry(cfg: dict) -> tuple[int, int]:
@@ -108,7 +127,7 @@ def standin_spec(cfg: dict, kind: str) -> dict:
     if kind not in STANDINS:
         raise ValueError(f"unknown stand-in {kind!r}; stand-ins: {', '.join(STANDINS)}")
     paths = data_paths(cfg)
-    return {"kind": kind, "output_dir": standin_dir(cfg, kind), "image_folder": paths["image_folder"],
+    return {"kind": kind, "output_dir": standin_dir(cfg, kind), "image_folder": paths["clip_image_folder"],
             "data": paths["clip" if kind == "clip" else "corpus"],
             "tokenizer": paths["clip_tokenizer" if kind == "clip" else "tokenizer"],
             "tiny": copy.deepcopy(cfg["model"].get("tiny", {})), "train": copy.deepcopy(cfg["standins"][kind]["train"])}
@@ -147,7 +166,9 @@ def sft_spec(cfg: dict, pt: Point) -> dict:
         train.update(copy.deepcopy(own))
     return {
         "output_dir": sft_dir(cfg, pt),
-        "model": {"source": "llava", "path": f"{pretrain_dir(cfg, pt.pretrain_tag)}/hf", "clip_text": clip_text(cfg)},
+        # an SFT-only grid starts every row from the published checkpoint, its projector trained without VTP
+        "model": {"source": "llava", "path": f"{pretrain_dir(cfg, pt.pretrain_tag)}/hf" if has_pretraining(cfg)
+                  else cfg["model"]["path"], "clip_text": clip_text(cfg)},
         "data": {"json": paths["sft"], "image_folder": paths["image_folder"], "template": "vicuna_v1",
                  "max_length": cfg["data"].get("max_length", 2048), "bad_images": cfg["data"].get("bad_images", "fail"),
                  **preprocessing(cfg, "sft")},

@@ -119,9 +119,16 @@ def table_points(grid: dict) -> dict[str, list[Point]]:
 FINDINGS_TABLES = ("main", "mismatch", "ablation", "per_stage", "p_sweep", "r_sweep")
 
 
-def all_tables(grid: dict) -> dict[str, list[Point]]:
+# Tables that compare pretraining settings: without a pretraining stage (an SFT-only grid) they are written as not
+# run, with no rows trained for them.
+PRETRAINING_TABLES = ("per_stage",)
+
+
+def all_tables(grid: dict, pretraining: bool = True) -> dict[str, list[Point]]:
     """Every table the pipeline renders and its rows: the paper's tables and the findings table."""
     tables = table_points(grid)
+    if not pretraining:
+        tables.update({name: [] for name in PRETRAINING_TABLES})
     tables["findings"] = sorted({pt for name in FINDINGS_TABLES for pt in tables[name]})
     return tables
 

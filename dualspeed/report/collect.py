@@ -15,7 +15,7 @@ import json
 from pathlib import Path
 
 from ..grid import recipe
-from ..grid.variants import Point, baseline_row, metrics_relpath, point_seeds, seeds
+from ..grid.variants import PRETRAINING_TABLES, VARIANTS, Point, baseline_row, metrics_relpath, point_seeds, seeds
 from .stats import Pooled, Stat, stat
 
 
@@ -43,7 +43,9 @@ def vtp_metrics(cfg: dict, path: str) -> dict:
 
 def timings(cfg: dict, pt: Point) -> dict:
     sft = _read(Path(recipe.sft_dir(cfg, pt)) / "timing.json", pt, "SFT timing")
-    pre = _read(Path(recipe.pretrain_dir(cfg, pt.pretrain_tag)) / "timing.json", pt, "pretraining timing")
+    # an SFT-only grid ran no pretraining: it adds nothing to the time or FLOPs, and has no speedup of its own
+    pre = _read(Path(recipe.pretrain_dir(cfg, pt.pretrain_tag)) / "timing.json", pt, "pretraining timing") \
+        if recipe.has_pretraining(cfg) else {"train_runtime_s": 0.0, "flops": 0}
     flops = {k: t.get("flops") for k, t in (("pretrain", pre), ("sft", sft))}  # absent in runs older than the field
     peak = sft.get("peak_memory_bytes") or {}
     return {"pretrain_s": pre["train_runtime_s"], "sft_s": sft["train_runtime_s"],
@@ -51,6 +53,14 @@ def timings(cfg: dict, pt: Point) -> dict:
             "pretrain_flops": flops["pretrain"], "sft_flops": flops["sft"],
             "total_flops": None if None in flops.values() else flops["pretrain"] + flops["sft"],
             "sft_peak_mem_mib": max(peak.values()) / 2**20 if peak else None}
+
+
+def sft_only_note(cfg: dict) -> str:
+    pre = sorted(v for v, s in VARIANTS.items() if s["pre_prune"] and s["sft_prune"])  # vtp_pretrain: not run
+    return (f"SFT-only grid: no pretraining data, so no pretraining stage ran; every row's SFT starts from "
+            f"{cfg['model'].get('path')} (its projector trained without VTP). Rows whose recipe also prunes in "
+            f"pretraining ({', '.join(pre)}) ran their SFT part only; tables comparing pretraining settings "
+            f"({', '.join(PRETRAINING_TABLES)}) are not run.")
 
 
 def baseline(cfg: dict) -> Point:
@@ -130,5 +140,6 @@ class Scorer:
         compute = {f"compute_speedup_{k}": (b[f"{k}_flops"] / t[f"{k}_flops"] if b[f"{k}_flops"] and t[f"{k}_flops"]
                                             else None) for k in ("pretrain", "sft", "total")}
         compute["compute_speedup_overall"] = compute.pop("compute_speedup_total")
-        return {"speedup_pretrain": b["pretrain_s"] / t["pretrain_s"], "speedup_sft": b["sft_s"] / t["sft_s"],
+        return {"speedup_pretrain": b["pretrain_s"] / t["pretrain_s"] if t["pretrain_s"] else None,
+                "speedup_sft": b["sft_s"] / t["sft_s"],
                 "speedup_overall": b["total_s"] / t["total_s"], **compute, **t}

@@ -16,7 +16,8 @@ import pandas as pd  # noqa: E402
 
 from .. import cli
 from ..grid import recipe  # noqa: E402
-from ..grid.variants import table_points  # noqa: E402
+from ..grid.recipe import has_pretraining  # noqa: E402
+from ..grid.variants import all_tables  # noqa: E402
 from .collect import Scorer  # noqa: E402
 from .tables import is_llava_next, paper_reference  # noqa: E402
 
@@ -80,7 +81,7 @@ def _scatter(ax, pts: list[dict], marker: str, size: float, label: str, **kw):
 
 def pareto(cfg: dict, ax):
     sc = Scorer(cfg)
-    tp = table_points(cfg["grid"])
+    tp = all_tables(cfg["grid"], has_pretraining(cfg))  # SFT-only: no per-stage rows
     series = {"p sweep (r fixed)": [p for p in tp["p_sweep"] if p.variant == "dualspeed"],
               "r sweep (p fixed)": [p for p in tp["r_sweep"] if p.variant == "dualspeed"]}
     allxy, labels = [], {}
@@ -112,7 +113,7 @@ def pareto(cfg: dict, ax):
 
 
 def curves(cfg: dict, fig):
-    tp = table_points(cfg["grid"])
+    tp = all_tables(cfg["grid"], has_pretraining(cfg))  # SFT-only: no per-stage rows
     pts = list(dict.fromkeys(tp["ablation"] + tp["per_stage"]))  # every variant, in table order
     axes = fig.subplots(1, 3)
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
@@ -139,7 +140,7 @@ def curves(cfg: dict, fig):
 
 def speedup(cfg: dict, ax):
     sc = Scorer(cfg)
-    tp = table_points(cfg["grid"])
+    tp = all_tables(cfg["grid"], has_pretraining(cfg))  # SFT-only: no per-stage rows
     stats = {p: sc.speed_stats(p) for p in set(tp["main"] + tp["ablation"] + tp["per_stage"])}
     pts = sorted(stats, key=lambda p: stats[p]["speedup_overall"].mean)
     width = 0.2

@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import pandas as pd
 
+from ..grid.recipe import has_pretraining
 from ..grid.variants import all_tables, point
-from .collect import Scorer
+from .collect import Scorer, sft_only_note
 from .stats import Diff, diff, stat
 
 MARGIN = 2.0
@@ -77,9 +78,15 @@ def _findings(g: dict):
 def findings_table(cfg: dict) -> tuple[pd.DataFrame, str]:
     g = cfg["grid"]
     sc = Scorer(cfg)
-    pooled = sc.pooled(all_tables(g)["findings"])  # over its rows with two or more seeds
+    ran = set(all_tables(g, has_pretraining(cfg))["findings"])
+    pooled = sc.pooled(sorted(ran))  # over its rows with two or more seeds
     rows = []
     for text, paper, claim, (ra, ma), (rb, mb) in _findings(g):
+        if not {ra, rb} <= ran:  # an SFT-only grid: a claim about pretraining settings
+            rows.append({"finding": text, "paper": paper, "claim": f"A {claim} B", "A": f"{ra.variant} {ma}",
+                         "B": f"{rb.variant} {mb}", "A - B [95% CI]": None, "interval": None,
+                         "verdict": "not run (no pretraining stage)"})
+            continue
         a, b = sc.rel_stat(ra, ma), sc.rel_stat(rb, mb)
         d = _paired(sc, ra, ma, mb) if ra == rb else diff(a, b, pooled)
         rows.append({"finding": text, "paper": paper, "claim": f"A {claim} B",
@@ -92,5 +99,7 @@ def findings_table(cfg: dict) -> tuple[pd.DataFrame, str]:
                f"one-seed row the seed-to-seed spread pooled over the seeded rows (sd {sd}). Verdicts: "
                f"'A > B' is reproduced when the interval lies above 0; 'A ≈ B' when it lies within ±{MARGIN:g} points; "
                "not reproduced when it lies wholly on the other side; inconclusive otherwise.")
+    if not has_pretraining(cfg):
+        caption += " " + sft_only_note(cfg)
     return pd.DataFrame(rows), caption
 

@@ -13,8 +13,9 @@ import pandas as pd
 import yaml
 
 from .. import cli
-from ..grid.variants import DESCRIPTIONS, table_points, vtp_inference_paths
-from .collect import Scorer, metrics, vtp_metrics
+from ..grid.recipe import has_pretraining
+from ..grid.variants import DESCRIPTIONS, PRETRAINING_TABLES, table_points, vtp_inference_paths
+from .collect import Scorer, metrics, sft_only_note, vtp_metrics
 from .stats import Stat, diff, stat
 
 REL = ("Relative performance = mean over benchmarks of (score / baseline score under normal inference), in %.")
@@ -79,6 +80,9 @@ def build(cfg: dict, name: str) -> tuple[pd.DataFrame, str]:
 
         return findings_table(cfg)
     pts = table_points(cfg["grid"])[name]
+    if not has_pretraining(cfg) and name in PRETRAINING_TABLES:
+        return pd.DataFrame([{"run": _label(pt), "what": DESCRIPTIONS[pt.variant], "result": "not run"} for pt in pts]), \
+            f"{name}: not run. {sft_only_note(cfg)}"
     sc = Scorer(cfg)
     ref = paper_reference()
     modes = cfg["eval"]["modes"]
@@ -141,6 +145,8 @@ def build(cfg: dict, name: str) -> tuple[pd.DataFrame, str]:
                 "p_sweep": f"Sweep of the pruning ratio p (DualSpeed). Paper: {ref['sweeps']['p']}",
                 "r_sweep": f"Sweep of the slow-mode probability r (DualSpeed). Paper: {ref['sweeps']['r']}"}[name]
         caption = f"{what}. {REL} {SPD} {COMPUTE} {SEEDS}"
+    if not has_pretraining(cfg):
+        caption += " " + sft_only_note(cfg)
     if sc.excluded:
         caption += f" Left out of relative performance (baseline scores 0): {', '.join(sc.excluded)}."
     if sc.at_chance:

@@ -2,6 +2,7 @@ import json
 import os
 import re
 import shlex
+import sys
 from types import SimpleNamespace
 
 import yaml
@@ -25,10 +26,16 @@ if config["model"]["source"] == "tiny" and set(config.get("standins", {})) != se
                      "tiny: the tiny recipe pretrains its own CLIP and LLM before LLaVA's two stages")
 
 RECIPE = config["recipe"]
+HAS_PRETRAINING = recipe.has_pretraining(config)
+if not HAS_PRETRAINING:
+    print("SFT-only grid (data.pretrain_json absent, model.source llava): every row's SFT starts from "
+          f"{config['model']['path']}; no pretraining stage runs. Rows whose recipe prunes in pretraining run their "
+          "SFT part only (every table's caption says so); the per-stage table and the findings that compare "
+          "pretraining settings are written as not run.", file=sys.stderr)
 RUNS = config["runs_dir"]
 RES = config["results_dir"]
 FIGS = config["figures_dir"]
-TABLES = all_tables(GRID)
+TABLES = all_tables(GRID, HAS_PRETRAINING)
 SEEDS = point_seeds(GRID)  # row -> its seeds
 SEEDS_ALL = seeds(GRID)
 POINTS = all_points(GRID)  # every training, each seed its own
@@ -115,7 +122,7 @@ def pretrain_timing(pt):
 def table_inputs(name):
     pts = [row.with_seed(s) for row in TABLES[name] for s in SEEDS[row]]
     out = {"metrics": sorted({metrics_path(pt, m) for pt in pts for m in MODES}),
-           "timing": [timing_path(pt) for pt in pts] + [pretrain_timing(pt) for pt in pts]}
+           "timing": [timing_path(pt) for pt in pts] + [pretrain_timing(pt) for pt in pts if HAS_PRETRAINING]}
     if name == "vtp_inference":
         out["metrics"] = sorted(set(out["metrics"]) | {f"{RES}/{path}" for path in vtp_inference_paths(GRID).values()})
     return out
@@ -136,6 +143,8 @@ DOWNLOADS = yaml.safe_load(open(workflow.source_path("../../config/downloads.yam
 
 
 def data_inputs(kind):
+    if config["data"]["kind"] not in DOWNLOADS["sets"]:  # local: the user's files, already on disk
+        return []
     names = DOWNLOADS["sets"][config["data"]["kind"]][kind]
     return [f"resources/downloads/{n}.ok" for n in names]
 
@@ -144,10 +153,28 @@ def bench_inputs():
     return [f"resources/benchmarks/{b}.ok" for b in config["eval"]["tasks"] if b in DOWNLOADS["benchmarks"]]
 
 
+def prepare_local_args():
+    """data.kind local: the arguments of `python -m dualspeed.data local` (data/local.py)."""
+    d, q = config["data"], shlex.quote
+    paths = recipe.data_paths(config)
+    args = [f"--sft-json {q(d['sft_json'])} --image-folder {q(d['image_folder'])}",
+            f"--bad-images {d.get('bad_images', 'fail')}"]
+    if d.get("pretrain_json"):
+        args.append(f"--pretrain-json {q(d['pretrain_json'])} --pretrain-image-folder {q(paths['pretrain_image_folder'])}")
+    for name, task in config["eval"]["local_tasks"].items():
+        spec = f"{name}={task['json']}::{task['image_folder']}"
+        args.append(f"--task {q(spec)}")
+    if config["model"]["source"] == "tiny":
+        args.append("--tiny")
+    return " ".join(args)
+
+
 # -- training -----------------------------------------------------------------------------------
 def data_ready():
     if config["data"]["kind"] == "synthetic":
         return [f"{config['data']['root']}/synth_meta.json"]
+    if config["data"]["kind"] == "local":  # checked, task files written (tiny: tokenizer and stand-in data)
+        return [recipe.data_paths(config)["meta"]]
     return []
 
 
@@ -162,7 +189,7 @@ def pretrain_inputs(wc):
 
 def sft_inputs(wc):
     pt = wc_point(wc)
-    ins = list(data_ready()) + [pretrain_timing(pt)]
+    ins = list(data_ready()) + ([pretrain_timing(pt)] if HAS_PRETRAINING else [])
     if config["data"]["kind"] != "synthetic":
         ins += data_inputs("sft")
     return ins
@@ -175,6 +202,7 @@ def eval_inputs(wc):
         ins["data"] = f"{config['data']['root']}/synth_meta.json"
     else:
         ins["benchmarks"] = bench_inputs()
+        ins["data"] = data_ready()  # local: the task files
     return ins
 
 
@@ -195,10 +223,11 @@ def eval_command():
               f"--device {device} --dtype {dtype}")
     if e["backend"] == "synthetic":
         return f"python -m dualspeed.evaluation --data {config['data']['root']} {common}"
-    if config["data"]["kind"] == "synthetic":
-        where = f"--include-path {config['data']['root']}/lmms_tasks"
-    else:
-        where = "--hf-home resources/hf_home"
+    tasks = {"synthetic": f"{config['data']['root']}/lmms_tasks", "local": recipe.data_paths(config).get("tasks")}
+    folders = [p for p in (tasks.get(config["data"]["kind"]), e.get("include_path")) if p]
+    where = f"--include-path {os.pathsep.join(folders)}" if folders else ""
+    if config["data"]["kind"] != "synthetic":
+        where += " --hf-home resources/hf_home"
     return f"python -m dualspeed.evaluation.lmms {where} {common}"
 
 
@@ -210,7 +239,7 @@ def eval_params(wc):
 
 
 # -- report -------------------------------------------------------------------------------------
-REPORT_CFG = json.dumps({k: config[k] for k in ("grid", "runs_dir", "results_dir", "eval", "fastslow", "model")})
+REPORT_CFG = json.dumps({k: config[k] for k in ("grid", "runs_dir", "results_dir", "eval", "fastslow", "model", "data")})
 
 
 def figure_inputs(wc):

@@ -16,7 +16,29 @@ if config["data"]["kind"] == "synthetic":
         shell:
             "python -m dualspeed.data synth --out {params.root} {params.args} > {log} 2>&1"
 
-else:
+elif config["data"]["kind"] == "local":
+    # Your own data, on disk: the data check of every file, your benchmarks as lmms-eval tasks, and for the tiny
+    # model its tokenizer and its stand-ins' data, derived from your data into data.root (docs/own-data.md)
+
+    rule prepare_local:
+        input:
+            # a changed data or task file prepares again (an edited image does not: the training jobs' data
+            # check still decodes every image)
+            [p for p in (config["data"].get("pretrain_json"), config["data"]["sft_json"]) if p],
+            [t["json"] for t in config["eval"].get("local_tasks", {}).values()],
+        output:
+            meta=recipe.data_paths(config)["meta"],
+        params:
+            args=prepare_local_args(),
+            root=lambda wc, output: os.path.dirname(output.meta),
+        conda:
+            "../../environment.yml"
+        log:
+            f"logs/{RECIPE}/prepare_local.log",
+        shell:
+            "python -m dualspeed.data local --out {params.root:q} {params.args} > {log} 2>&1"
+
+if config["data"]["kind"] in DOWNLOADS["sets"]:
     # Real data: every file listed in config/downloads.yaml, fetched with resume and checked against
     # its size/sha256 (or pinned on first download, see dualspeed/data/fetch.py).
 
@@ -36,6 +58,9 @@ else:
         retries: 3
         shell:
             "python -m dualspeed.data fetch file --entry {params.entry:q} --stamp {output} > {log} 2>&1"
+
+
+if config["data"]["kind"] != "synthetic":
 
     rule benchmark_to_local:
         output:

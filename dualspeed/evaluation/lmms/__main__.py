@@ -22,7 +22,7 @@ def main(argv=None):
     ap.add_argument("--method")
     ap.add_argument("--ratio", type=float)
     ap.add_argument("--tasks", required=True)
-    ap.add_argument("--include-path", default="")
+    ap.add_argument("--include-path", default="", help="folders of lmms-eval task YAMLs, os.pathsep-separated")
     ap.add_argument("--hf-home", default="", help="HF cache holding the converted benchmarks (real recipes)")
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--device", default="cpu")

@@ -8,6 +8,7 @@ lmms-eval and torch are imported once per checkpoint rather than once per mode.
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -26,14 +27,17 @@ def primary_score(task: str, metrics: dict) -> float | None:
     return None
 
 
-def _cli(args: list[str]) -> None:
-    """lmms-eval's CLI entry, in this process: it reads its arguments from sys.argv."""
+def _cli(args: list[str], include: list[str]) -> None:
+    """lmms-eval's CLI entry, in this process: it reads its arguments from sys.argv. Task folders go in as a list,
+    which its TaskManager takes and its --include_path (one folder) does not: the local tasks and a user's own."""
+    import argparse
+
     from lmms_eval.__main__ import cli_evaluate
 
     saved = sys.argv
     sys.argv = ["lmms_eval", *args]
     try:
-        cli_evaluate()
+        cli_evaluate(argparse.Namespace(include_path=include or None))
     except SystemExit as e:
         if e.code not in (None, 0):
             raise SystemExit(f"lmms-eval exited with {e.code}; see the log above") from e
@@ -54,8 +58,7 @@ def run(a, mode: str, out: str) -> dict:
         model_args.append(f"ratio={a.ratio}")
     base = ["--model", "dualspeed_llava", "--model_args", ",".join(model_args), "--output_path", str(raw),
             "--log_samples", "--batch_size", str(a.batch_size), "--device", a.device, "--seed", str(a.seed)]
-    if a.include_path:
-        base += ["--include_path", a.include_path]
+    include = [p for p in a.include_path.split(os.pathsep) if p]
     if a.limit:
         base += ["--limit", str(a.limit)]
     tasks = a.tasks.split(",")
@@ -64,8 +67,8 @@ def run(a, mode: str, out: str) -> dict:
 
     def lmms_eval(names, *extra):
         cmd = base + ["--tasks", ",".join(names), *extra]
-        print("+ lmms_eval", " ".join(cmd), flush=True)
-        _cli(cmd)
+        print("+ lmms_eval", " ".join(cmd), "| task folders:", include, flush=True)
+        _cli(cmd, include)
 
     if judged:  # the judge would need a GPT API: keep the predictions, score nothing
         lmms_eval(judged, "--predict_only")
