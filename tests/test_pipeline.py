@@ -39,13 +39,23 @@ def test_lint_is_clean():
 
 def test_default_grid_dry_run_counts():
     n = dry()
-    # 20 distinct SFT rows (p-MoD's included, on the baseline's pretraining; DualSpeed with each of the 6
-    # registered VTP methods); the 7 rows of the main, mismatch and ablation tables run 3 seeds: 20 + 7 * 2.
-    # 11 distinct pretraining settings at seed 0, the 3 of those rows again per extra seed: 11 + 3 * 2
-    assert n["sft"] == 34 and n["pretrain"] == 17 and n["standin"] == 2 and n["synthesize"] == 1
-    assert n["evaluate"] == 34  # one job per checkpoint, every inference mode in it
-    assert n["evaluate_vtp"] == 5  # the baseline pruned with each method but its own (its pruned evaluation)
+    # 9 distinct SFT rows (p-MoD's on the baseline's pretraining); the 8 rows the findings read (the mismatch,
+    # ablation and per-stage tables) run 3 seeds, p-MoD one: 8 * 3 + 1. Pretraining per seed: full, divprune
+    # with and without the isolator
+    assert n["sft"] == 25 and n["pretrain"] == 9 and n["standin"] == 2 and n["synthesize"] == 1
+    assert n["evaluate"] == 25  # one job per checkpoint, every inference mode in it
+    assert "evaluate_vtp" not in n  # one method: the baseline's own pruned evaluation
     assert n["table"] == 9 and n["figure"] == 3  # the paper's 8 tables and the findings table
+
+
+def test_full_grid_dry_run_counts():
+    n = dry("--configfile", "config/full.yaml")
+    # 20 distinct rows: the default's 9, DualSpeed with the 5 other methods, 3 more p and 3 more r; 3 seeds for
+    # the 15 rows of main, mismatch, ablation, per-stage and the sweeps, one for the method rows: 15 * 3 + 5
+    assert n["sft"] == 50 and n["evaluate"] == 50 and n["evaluate_vtp"] == 5
+    # seed 0: full, divprune p0.9 with and without the isolator, the 5 other methods, p 0.5/0.75/0.95 (11);
+    # seeds 1 and 2: the same but the other methods (6 each)
+    assert n["pretrain"] == 23
 
 
 def test_one_table_builds_only_its_runs():

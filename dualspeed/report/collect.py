@@ -3,7 +3,7 @@
 Relative performance (the paper's): mean over benchmarks of score / baseline score under normal
 inference, in %. Speedup (the paper's): baseline wall time / variant wall time, per stage
 (pretraining, SFT) and overall (their sum). Wall time is the training loop's runtime from
-timing.json; the tiny recipe's warm-up stage is shared by every run and left out.
+timing.json; the tiny recipe's stand-ins (its CLIP and Vicuna) are shared by every run and left out.
 
 Seeds: the baseline's reference (its scores, times and FLOPs) is its mean over its seeds; each seed
 of a row is scored against that reference, and the row reports the mean and 95% interval over its

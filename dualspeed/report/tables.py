@@ -20,7 +20,7 @@ from .stats import Stat, diff, stat
 
 REL = ("Relative performance = mean over benchmarks of (score / baseline score under normal inference), in %.")
 SPD = ("Speedup = baseline training wall time / variant wall time, per stage and overall "
-       "(pretraining + SFT; the tiny recipe's shared warm-up is excluded).")
+       "(pretraining + SFT; the tiny recipe's shared stand-ins for CLIP and Vicuna are excluded, as their pretraining is).")
 COMPUTE = ("Compute speedup = baseline training FLOPs / variant FLOPs (dualspeed/flops.py, from the token counts "
            "of the steps each run took): the limit of the measured speedup if time followed FLOPs.")
 PAPER = "Columns marked 'paper' are the published LLaVA-1.5-7B numbers; '-' where the paper reports none."
