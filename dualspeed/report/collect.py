@@ -102,9 +102,18 @@ class Scorer:
                           and (self.base_scores[k] <= chance_bound(c, per_task)
                                or (per_seed[k].lo is not None and per_seed[k].lo <= c))}
         self.benchmarks = sorted(k for k, v in self.base_scores.items() if v > 0 and k not in self.at_chance)
+        self.questions = base[0].get("samples", 0) / max(1, len(self.base_scores))  # a task's, one evaluation
         if not self.benchmarks:
             raise ValueError(f"the baseline run {b.path} scores 0 or chance on every benchmark: relative performance "
                              "is undefined")
+
+    def question_margin(self) -> float | None:
+        """Half-width in points of the binomial 95% interval of the baseline's relative performance over the
+        questions of one evaluation: what the question count alone leaves unresolved, before any seed."""
+        if not self.questions:
+            return None
+        b = [self.base_scores[k] / 100 for k in self.benchmarks]
+        return 100 * 1.96 * sum((1 - x) / (self.questions * x) for x in b) ** 0.5 / len(b)
 
     def seeds_of(self, row: Point) -> list[int]:
         """The seeds of a row; a row outside the config's tables (a user's own point) has the first seed."""

@@ -99,6 +99,10 @@ def findings_table(cfg: dict) -> tuple[pd.DataFrame, str]:
                f"one-seed row the seed-to-seed spread pooled over the seeded rows (sd {sd}). Verdicts: "
                f"'A > B' is reproduced when the interval lies above 0; 'A ≈ B' when it lies within ±{MARGIN:g} points; "
                "not reproduced when it lies wholly on the other side; inconclusive otherwise.")
+    margin = sc.question_margin()
+    if margin is not None:
+        caption += (f" The questions alone ({sc.questions:.0f} a task) give the baseline's relative performance a "
+                    f"binomial 95% interval of ±{margin:.1f} points in one evaluation.")
     if not has_pretraining(cfg):
         caption += " " + sft_only_note(cfg)
     return pd.DataFrame(rows), caption
