@@ -172,7 +172,7 @@ def test_source_is_recorded_in_training_export_and_evaluation(synth_dir, tmp_pat
     assert (hf / clip_text.CLIP_DIR / clip_text.WEIGHTS).is_file()  # the export carries it for what follows
     assert clip_text.resolve(ModelConfig(source="llava", path=str(hf)))[0] == str(hf / clip_text.CLIP_DIR)
     pred = Predictor(hf, mode="pruned")
-    image = synth_dir / json.loads((synth_dir / "sft.json").read_text())[0]["image"]
+    image = synth_dir / next(r["image"] for r in json.loads((synth_dir / "sft.json").read_text()) if "image" in r)
     assert len(pred.predict([Query("What colour is the object ?", image)])) == 1
     # read from the export, offline; the origin survives the copy
     assert pred.summary()["vtp"]["sources"] == {"relevance": "clip_text", "clip_text": str(clip_dir)}

@@ -141,7 +141,7 @@ def test_image_moves_to_the_start_of_its_turn(synth_dir, tokenizer, tmp_path):
     conv = [{"from": "human", "value": "what colour is the object ?\n<image>"}, {"from": "gpt", "value": "red"}]
     assert image_first(conv)[0]["value"] == "<image>\nwhat colour is the object ?"
     assert image_first(conv)[1] == conv[1]
-    row = json.loads((synth_dir / "sft.json").read_text())[0]
+    row = next(r for r in json.loads((synth_dir / "sft.json").read_text()) if "image" in r)
     row["conversations"][0]["value"] = row["conversations"][0]["value"].replace("<image>\n", "") + " <image>"
     (tmp_path / "d.json").write_text(json.dumps([row]))
     moved = LlavaDataset(tmp_path / "d.json", synth_dir, tokenizer, tiny_image_processor(32))[0]["input_ids"]
