@@ -107,7 +107,8 @@ def test_own_data_smoke_grid_end_to_end(workflow_copy):
     assert sorted(p.name for p in (work / "own_data").iterdir()) == ["eval.json", "eval_mc.json", "images",
                                                                      "pretrain.json", "sft.json"]
     saw = json.loads((work / "runs" / "smoke-own" / "standins" / "llm" / "timing.json").read_text())["saw"]
-    assert saw["image_tokens"] == 0 and saw["documents"] == 600
+    # 300 captions, 300 conversations without their image, and 300 runs of the data's words twice
+    assert saw["image_tokens"] == 0 and saw["documents"] == 900
     res = work / "results" / "smoke-own"
     base = json.loads((res / "metrics" / "baseline" / "none" / "p0" / "r0" / "s0" / "normal.json").read_text())
     print("baseline:", base["scores"])
