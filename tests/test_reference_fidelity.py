@@ -191,7 +191,7 @@ def test_distillation_compares_the_answer_tokens_both_kept(tiny_model, batch):
 
     tiny_model.max_length = int(batch["attention_mask"].sum(1).max()) - 1 + 64 - 2
     r = mode_loss(tiny_model, batch, SLOW, Prune("divprune", 0.9), isolator=True, tau=2.0)
-    assert torch.isfinite(r.kl) and r.kl >= 0
+    assert torch.isfinite(r.kl) and r.kl >= -1e-5  # KL >= 0 up to fp32 round-off (a near-empty common prefix gives ~0)
     tiny_model.max_length = None
     s, t = torch.arange(5.0)[:, None], torch.arange(7.0)[:, None]
     a, b = align_answers(s, torch.tensor([2, 3]), t, torch.tensor([3, 4]))
