@@ -27,14 +27,19 @@ class CorpusConfig:
     max_turns: int = 3  # questions about the scene in one chat, 1..max_turns: each answer is a training target
 
 
+def repeat_document(rng: random.Random, pick) -> dict:
+    """A run of 8 to 30 words drawn by pick(), twice: the second half is learned only by looking back."""
+    run = " ".join(pick() for _ in range(rng.randint(8, 30)))
+    return {"kind": "repeat", "text": f"{run} {run}"}
+
+
 def document(rng: random.Random, scenes: SceneConfig, cfg: CorpusConfig) -> dict:
     r = rng.random()
     if r < cfg.repeat:
         # half the words from the scenes' own vocabulary (colours, places, numbers): the words a caption and an
         # answer copy, which a corpus of scenes alone makes interchangeable (each is equally likely anywhere)
         vocab, scene_words = words(), sorted(COLOURS) + [w for q in QUADRANTS for w in q.split()] + NUMBERS[1:5]
-        run = " ".join(rng.choice(scene_words if rng.random() < 0.5 else vocab) for _ in range(rng.randint(8, 30)))
-        return {"kind": "repeat", "text": f"{run} {run}"}
+        return repeat_document(rng, lambda: rng.choice(scene_words if rng.random() < 0.5 else vocab))
     task = rng.choice(TASKS)
     # what the image questions ask of one-object scenes, the corpus asks of one-object scenes in words too
     one = task in scenes.single() and rng.random() < 0.5

@@ -25,6 +25,7 @@ from ..provenance import write_json
 from . import vocab
 from .check import check_data
 from .conversation import IMAGE_TOKEN
+from .corpus import repeat_document
 from .local_tasks import read_task, task_texts, write_tasks
 from .samples import DataError
 
@@ -66,10 +67,8 @@ def corpus(pretrain: list[dict], sft: list[dict], seed: int = 0) -> list[dict]:
     # runs of the data's own words, twice, one per three documents: what the LLM stand-in reads first
     # (standins.llm.train.copy_steps) to learn to look back and copy, as it does on the synthetic corpus
     rng = random.Random(seed)
-    vocab = sorted({w for d in docs for w in (d.get("text") or " ".join(t["value"] for t in d["conversations"])).split()})
-    for _ in range(len(docs) // 2):
-        run = " ".join(rng.choice(vocab) for _ in range(rng.randint(8, 30)))
-        docs.append({"kind": "repeat", "text": f"{run} {run}"})
+    words = sorted({w for d in docs for w in (d.get("text") or " ".join(t["value"] for t in d["conversations"])).split()})
+    docs += [repeat_document(rng, lambda: rng.choice(words)) for _ in range(len(docs) // 2)]
     return docs
 
 
