@@ -8,6 +8,7 @@ import torch
 
 from ..config import RunConfig
 from ..models.llava import DualSpeedLlava
+from . import lora_dropout
 
 log = logging.getLogger("dualspeed.train")
 
@@ -22,6 +23,7 @@ def set_trainable(model: DualSpeedLlava, cfg: RunConfig) -> dict[str, int]:
         lcfg = LoraConfig(r=t.lora.r, lora_alpha=t.lora.alpha, lora_dropout=t.lora.dropout,
                           target_modules=list(t.lora.target_modules), bias="none")
         model.llava.model.language_model = get_peft_model(model.llava.model.language_model, lcfg)
+        lora_dropout.install(model.llava.model.language_model)
     elif t.llm == "full":
         model.language_model.requires_grad_(True)
         model.llava.lm_head.requires_grad_(True)
