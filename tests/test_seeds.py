@@ -31,6 +31,17 @@ def test_seeded_tables_get_every_seed_and_the_rest_the_first():
     assert {"full_s0", "full_s1", "full_s2", "divprune_p0.9_iso_s2"} <= set(tags)
 
 
+def test_seeded_variants_get_every_seed_in_any_table():
+    grid = dict(GRID, seeded_tables=["mismatch"], seeded_variants=["fastslow", "fastslow_iso"])
+    ps = point_seeds(grid)
+    assert ps[point("fastslow", "divprune", 0.9, 0.1)] == [0, 1, 2]  # an ablation row, the table left at one seed
+    assert ps[point("fastslow_iso", "divprune", 0.9, 0.1)] == [0, 1, 2]
+    assert ps[point("dualspeed_noiso", "divprune", 0.9, 0.1)] == [0]
+    assert ps[point("naiveprune", "divprune", 0.9, 0.1)] == [0, 1, 2]  # a mismatch row
+    with pytest.raises(ValueError, match="unknown variant.*'fast_slow'.*fastslow_iso"):
+        point_seeds(dict(GRID, seeded_variants=["fast_slow"]))
+
+
 def test_the_seed_is_the_runs_seed():
     cfg = {"runs_dir": "runs/x", "data": {"kind": "synthetic", "root": "r"}, "model": {"source": "tiny"},
            "pretrain": {"train": {"lr": 1e-3}}, "sft": {"train": {"lr": 1e-3}},

@@ -138,13 +138,19 @@ def seeds(grid: dict) -> list[int]:
 
 
 def point_seeds(grid: dict) -> dict[Point, list[int]]:
-    """row -> the seeds it is trained with: every seed for a row of a table in `grid.seeded_tables`, the
-    first seed otherwise. A row shared by several tables is reported with every seed it has."""
+    """row -> the seeds it is trained with: every seed for a row of a table in `grid.seeded_tables` or of a variant
+    in `grid.seeded_variants`, the first seed otherwise. A row shared by several tables is reported with every
+    seed it has."""
     all_seeds, seeded = seeds(grid), set(grid.get("seeded_tables", []))
+    variants = set(grid.get("seeded_variants", []))
+    unknown = variants - set(VARIANTS)
+    if unknown:
+        raise ValueError(f"grid.seeded_variants names unknown variant(s) {sorted(unknown)}; variants: {', '.join(VARIANTS)}")
     out: dict[Point, set[int]] = {}
     for name, pts in table_points(grid).items():
         for pt in pts:
-            out.setdefault(pt, set()).update(all_seeds if name in seeded else all_seeds[:1])
+            every = name in seeded or pt.variant in variants
+            out.setdefault(pt, set()).update(all_seeds if every else all_seeds[:1])
     return {pt: sorted(s) for pt, s in out.items()}
 
 
