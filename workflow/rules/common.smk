@@ -76,14 +76,14 @@ def wc_point(wc):
     raise ValueError(f"'{asked}' is not a canonical grid point; the same training is '{pt.path}'")
 
 
-def res(kind, name, threads=1):
-    """Resources of a job from config; runtime grows with the retry attempt; a job of `threads` threads asks for
-    at least as many CPUs. A training job on N > 1 nodes asks
-    the Slurm executor for N nodes with one task each and `gpus` GPUs per node (docs/slurm.md: why gres and not
-    gpu, why mpi, why tasks_per_gpu 0); `mem_mb` and `cpus` are per node."""
+def res(kind, name):
+    """Resources of a job from config; runtime grows with the retry attempt; a job asks for at least as many CPUs
+    as it runs threads (the rule's `threads`). A training job on N > 1 nodes asks the Slurm executor for N nodes
+    with one task each and `gpus` GPUs per node (docs/slurm.md: why gres and not gpu, why mpi, why
+    tasks_per_gpu 0); `mem_mb` and `cpus` are per node."""
     r = config["resources"][kind]
     nodes = r.get("nodes", 1)
-    out = {"mem_mb": r["mem_mb"], "cpus_per_task": max(r["cpus"], threads),
+    out = {"mem_mb": r["mem_mb"], "cpus_per_task": lambda wc, threads, base=r["cpus"]: max(base, threads),
            "runtime": lambda wc, attempt, base=r["runtime"]: base * attempt}
     if nodes > 1:
         # mpi: the job step runs the rule's command as is, which starts its own `srun` over the nodes (launcher);

@@ -22,7 +22,7 @@ if config["model"]["source"] == "tiny":
             f"benchmarks/{RECIPE}/standins/{{kind}}.tsv"
         threads: THREADS.get("standin", THREADS["train"])
         resources:
-            **res("train", "standin", THREADS.get("standin", THREADS["train"])),
+            **res("train", "standin"),
         shell:
             "OMP_NUM_THREADS={threads} python -m dualspeed.train.standin --spec {params.spec:q} > {log} 2>&1"
 
