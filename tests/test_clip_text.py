@@ -1,6 +1,8 @@
 """CDPruner's relevance from a CLIP text tower: a tiny CLIPModel built from a config (no download) against a
 plain per-image reference; which source ran, in provenance; a configured CLIP that is missing; the tiny default."""
+import copy
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -191,6 +193,9 @@ def test_source_is_recorded_in_training_export_and_evaluation(synth_dir, tmp_pat
     assert not (tmp_path / "tiny" / "hf" / clip_text.CLIP_DIR).exists()
     assert Predictor(tmp_path / "tiny" / "hf", mode="pruned").summary()["vtp"]["sources"] == {
         "relevance": "llm_instruction_embeddings"}
+    # a training-free evaluation of such an export (the pipeline's evaluate_vtp) names the CLIP it lacks
+    named = Predictor(tmp_path / "tiny" / "hf", mode="pruned", clip_text=str(clip_dir)).summary()["vtp"]
+    assert named["sources"] == {"relevance": "clip_text", "clip_text": str(clip_dir)} and named["negate"] is True
 
 
 def test_tiny_default_and_resolution_rules(synth_dir, clip_dir):
@@ -241,10 +246,55 @@ def test_a_clip_of_another_width_is_refused(tiny_model, tokenizer, tmp_path):
 def test_pipeline_attaches_a_text_tower_only_where_a_grid_method_reads_relevance():
     from dualspeed.grid import recipe
 
-    cfg = {"model": {"source": "compose", "clip_text": "auto"},
+    cfg = {"model": {"source": "llava", "clip_text": "auto"},
            "grid": {"method": "divprune", "methods": ["divprune", "random"]}}
+    # a llava-source grid passes the CLIP down exports: every run carries it when any grid method reads relevance
     assert recipe.clip_text(cfg) == "none"  # a 7B export would carry a text tower nothing reads
     cfg["grid"]["methods"].append("cdpruner")
     assert recipe.clip_text(cfg) == "auto"
     cfg["model"]["clip_text"] = "none"
     assert recipe.clip_text(cfg) == "none"
+
+
+def test_only_the_runs_that_read_relevance_carry_the_stand_in_clip():
+    from dualspeed.grid import recipe
+    from dualspeed.grid.variants import point
+
+    clip = "runs/t/standins/clip/hf"
+    cfg = {"model": {"source": "tiny", "clip_text": "auto"}, "runs_dir": "runs/t",
+           "grid": {"method": "divprune", "p": 0.9, "r": 0.1, "methods": ["divprune", "cdpruner"]}}
+    base, ds = point("baseline", "divprune", 0.9, 0.1), point("dualspeed", "divprune", 0.9, 0.1)
+    cd, cd_pre = point("dualspeed", "cdpruner", 0.9, 0.1), point("vtp_pretrain", "cdpruner", 0.9, 0.1)
+    cd_sft = point("vtp_sft", "cdpruner", 0.9, 0.1)
+    for pt in (base, ds):
+        assert recipe.clip_text(cfg, pt, "pretrain") == recipe.clip_text(cfg, pt, "sft") == "none"
+    assert recipe.clip_text(cfg, cd, "pretrain") == recipe.clip_text(cfg, cd, "sft") == clip
+    # pruned in pretraining only, yet its export is evaluated under CDPruner; SFT-only pruning, on the full pretraining
+    assert recipe.clip_text(cfg, cd_pre, "sft") == clip
+    assert recipe.clip_text(cfg, cd_sft, "pretrain") == "none" and recipe.clip_text(cfg, cd_sft, "sft") == clip
+    # the baseline's training-free CDPruner evaluation is handed the CLIP its export lacks
+    assert recipe.vtp_eval_clip(cfg, "cdpruner") == clip and recipe.vtp_eval_clip(cfg, "divprune") == "none"
+    cfg["grid"]["method"] = "cdpruner"  # the baseline's own pruned evaluation now reads relevance
+    assert recipe.clip_text(cfg, point("baseline", "cdpruner", 0.9, 0.1), "sft") == clip
+    cfg["model"]["clip_text"] = "none"
+    assert recipe.clip_text(cfg, cd, "sft") == "none" and recipe.vtp_eval_clip(cfg, "cdpruner") == "none"
+    cfg["model"].update(source="compose", clip_text="auto", vision_tower="org/clip-336")
+    assert recipe.clip_text(cfg, cd, "pretrain") == "org/clip-336"
+
+
+def test_the_full_grid_retrains_none_of_the_default_runs():
+    """config/full.yaml adds methods (CDPruner reads relevance) and sweeps: every run the default trained keeps
+    its spec, so a full run after the default trains only what is new."""
+    import yaml
+
+    from dualspeed.grid import recipe
+    from dualspeed.grid.variants import all_points
+
+    root = Path(__file__).parents[1] / "config"
+    default = yaml.safe_load((root / "config.yaml").read_text())
+    full = copy.deepcopy(default)
+    full["grid"].update(yaml.safe_load((root / "full.yaml").read_text())["grid"])
+    assert any(recipe._reads_relevance(m) for m in full["grid"]["methods"])
+    for pt in all_points(default["grid"]):
+        assert recipe.pretrain_spec(default, pt) == recipe.pretrain_spec(full, pt), pt
+        assert recipe.sft_spec(default, pt) == recipe.sft_spec(full, pt), pt

@@ -107,18 +107,57 @@ def preprocessing(cfg: dict, stage: str) -> dict:
     return {"image_aspect_ratio": aspect, **{k: d[k] for k in ("plain_end", "image_first", "truncate") if k in d}}
 
 
-def clip_text(cfg: dict) -> str:
-    """The runs' CLIP text tower setting: the config's (default auto) where a grid method reads instruction
-    relevance, else none - a 7B export would otherwise carry ~250 MB of text tower that nothing reads."""
+def _reads_relevance(method: str) -> bool:
     from .. import vtp
 
+    return method != "none" and "relevance" in vtp.get(method).required_signals()
+
+
+def _grid_reads_relevance(cfg: dict) -> bool:
+    g = cfg["grid"]
+    return any(_reads_relevance(n) for n in set(g.get("methods", [])) | {g["method"]})
+
+
+def clip_source(cfg: dict) -> str:
+    """The CLIP text tower a stage that reads relevance is given: the config's own, or for auto, the CLIP whose
+    vision tower the model composes (the tiny stand-in's repo; model.vision_tower), which a stage reads directly.
+    A llava-source recipe has no tower repo: auto there is the checkpoint's exported clip_text/."""
+    value = str(cfg["model"].get("clip_text", "auto")).strip()
+    if value.lower() != "auto":
+        return value
+    source = cfg["model"]["source"]
+    if source == "tiny":
+        return f"{standin_dir(cfg, 'clip')}/hf"
+    return cfg["model"]["vision_tower"] if source == "compose" else "auto"
+
+
+def clip_text(cfg: dict, pt: Point | None = None, stage: str = "sft") -> str:
+    """One stage's CLIP text tower setting: the CLIP (clip_source) where that stage reads instruction relevance,
+    or its export will be evaluated under pruning by a method that does; none elsewhere - a 7B export would
+    otherwise carry ~250 MB of text tower nothing reads, and a run's spec would change with the grid's other
+    methods (adding CDPruner to the grid would retrain every row). A llava-source grid passes the CLIP down
+    exports (auto), so there every run carries it when any grid method reads relevance."""
     g = cfg.get("grid")
     if not g:
         return cfg["model"].get("clip_text", "auto")
-    names = set(g.get("methods", [])) | {g["method"]}
-    if any("relevance" in vtp.get(n).required_signals() for n in names):
-        return cfg["model"].get("clip_text", "auto")
-    return "none"
+    if clip_source(cfg) == "auto":
+        return "auto" if _grid_reads_relevance(cfg) else "none"
+    if pt is None:
+        return clip_source(cfg) if _grid_reads_relevance(cfg) else "none"
+    s = pt.settings
+    reads = s["pre_prune" if stage == "pretrain" else "sft_prune"] and _reads_relevance(pt.method)
+    if stage == "sft":
+        reads = reads or _reads_relevance(eval_prune(cfg, pt)[0])
+    return clip_source(cfg) if reads else "none"
+
+
+def vtp_eval_clip(cfg: dict, method: str) -> str:
+    """The CLIP for a training-free pruned evaluation of the baseline's checkpoint with `method`, whose export
+    carries none (its own runs read no relevance): the stage's CLIP where the method reads relevance."""
+    if not _reads_relevance(method):
+        return "none"
+    source = clip_source(cfg)
+    return source if source.lower() != "none" else "none"
 
 
 def standin_spec(cfg: dict, kind: str) -> dict:
@@ -144,7 +183,7 @@ def pretrain_spec(cfg: dict, pt: Point) -> dict:
                  "image_grid_pinpoints": copy.deepcopy(m.get("image_grid_pinpoints", []))}
     else:
         model = {"source": "llava", "path": m["path"], "reinit_projector": bool(m.get("reinit_projector", False))}
-    model["clip_text"] = clip_text(cfg)
+    model["clip_text"] = clip_text(cfg, pt, "pretrain")
     return {
         "output_dir": pretrain_dir(cfg, pt.pretrain_tag),
         "model": model,
@@ -168,7 +207,7 @@ def sft_spec(cfg: dict, pt: Point) -> dict:
         "output_dir": sft_dir(cfg, pt),
         # an SFT-only grid starts every row from the published checkpoint, its projector trained without VTP
         "model": {"source": "llava", "path": f"{pretrain_dir(cfg, pt.pretrain_tag)}/hf" if has_pretraining(cfg)
-                  else cfg["model"]["path"], "clip_text": clip_text(cfg)},
+                  else cfg["model"]["path"], "clip_text": clip_text(cfg, pt, "sft")},
         "data": {"json": paths["sft"], "image_folder": paths["image_folder"], "template": "vicuna_v1",
                  "max_length": cfg["data"].get("max_length", 2048), "bad_images": cfg["data"].get("bad_images", "fail"),
                  **preprocessing(cfg, "sft")},

@@ -40,6 +40,8 @@ rule evaluate_vtp:
         point=lambda wc: json.dumps({"variant": "baseline", "method": "none", "p": 0.0, "r": 0.0, "seed": BASELINE.seed,
                                      "vtp_inference": {"method": wc.method, "p": P_OF[wc.p]}}),
         ratio=lambda wc: P_OF[wc.p],
+        # the baseline's export carries no CLIP text tower (none of its runs reads relevance): name the stage's
+        clip=lambda wc: recipe.vtp_eval_clip(config, wc.method),
         cmd=eval_command(),
         seed=BASELINE.seed,
     conda:
@@ -55,4 +57,5 @@ rule evaluate_vtp:
         **res("eval", "eval"),
     shell:
         "OMP_NUM_THREADS={threads} {params.cmd} --ckpt {params.ckpt} --mode pruned --method {wildcards.method} "
-        "--ratio {params.ratio} --seed {params.seed} --point {params.point:q} --out {output.metrics} > {log} 2>&1"
+        "--ratio {params.ratio} --seed {params.seed} --clip-text {params.clip:q} --point {params.point:q} "
+        "--out {output.metrics} > {log} 2>&1"

@@ -1,7 +1,8 @@
 """lmms-eval model for DualSpeed checkpoints, with batch size above 1 and pruned inference.
 
 model_args: pretrained=<run>/hf, mode=normal|pruned|pruned_noiso, method=<vtp>, ratio=<p>,
-batch_size=N, device=cpu|cuda, dtype=float32|bfloat16, max_new_tokens=N, stats_out=<json path>.
+batch_size=N, device=cpu|cuda, dtype=float32|bfloat16, max_new_tokens=N, stats_out=<json path>,
+clip_text=auto|none|<CLIP dir> (the relevance signal's text tower; see Predictor).
 
 lmms-eval 0.7.3 defects worked around here:
 - `lmms.clean()` deletes every nn.Module attribute of the model object after a task, so a second
@@ -38,7 +39,7 @@ class DualSpeedLMM(lmms):
 
     def __init__(self, pretrained: str, mode: str = "normal", method: str | None = None, ratio: float | None = None,
                  batch_size: int = 16, device: str = "cpu", dtype: str = "float32", max_new_tokens: int = 16,
-                 stats_out: str = "", seed: int = 0, **kwargs):
+                 stats_out: str = "", seed: int = 0, clip_text: str = "auto", **kwargs):
         super().__init__()
         if not (Path(pretrained) / "config.json").is_file():
             raise FileNotFoundError(f"dualspeed_llava: no checkpoint at '{pretrained}' (expected <run>/hf with config.json)")
@@ -49,7 +50,8 @@ class DualSpeedLMM(lmms):
         self._net = _Holder(Predictor(pretrained, mode=mode, method=method or None,
                                       ratio=float(ratio) if ratio not in (None, "") else None,
                                       batch_size=int(batch_size), device=device, dtype=dtype,
-                                      max_new_tokens=int(max_new_tokens), seed=int(seed)))
+                                      max_new_tokens=int(max_new_tokens), seed=int(seed),
+                                      clip_text=clip_text))
         self.batch_size_per_gpu = int(batch_size)
         self._stats_out = stats_out
 

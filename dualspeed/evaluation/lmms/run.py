@@ -51,7 +51,8 @@ def run(a, mode: str, out: str) -> dict:
     raw.mkdir(parents=True, exist_ok=True)
     stats = raw / "dualspeed_stats.json"
     # batch_size and device reach the model through lmms-eval's own --batch_size / --device
-    model_args = [f"pretrained={a.ckpt}", f"mode={mode}", f"dtype={a.dtype}", f"stats_out={stats}", f"seed={a.seed}"]
+    model_args = [f"pretrained={a.ckpt}", f"mode={mode}", f"dtype={a.dtype}", f"stats_out={stats}", f"seed={a.seed}",
+                  f"clip_text={a.clip_text}"]
     if a.method:
         model_args.append(f"method={a.method}")
     if a.ratio is not None:
