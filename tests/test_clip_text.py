@@ -245,15 +245,17 @@ def test_a_clip_of_another_width_is_refused(tiny_model, tokenizer, tmp_path):
 
 def test_pipeline_attaches_a_text_tower_only_where_a_grid_method_reads_relevance():
     from dualspeed.grid import recipe
+    from dualspeed.grid.variants import point
 
     cfg = {"model": {"source": "llava", "clip_text": "auto"},
-           "grid": {"method": "divprune", "methods": ["divprune", "random"]}}
+           "grid": {"method": "divprune", "p": 0.9, "r": 0.1, "methods": ["divprune", "random"]}}
+    base = point("baseline", "divprune", 0.9, 0.1)
     # a llava-source grid passes the CLIP down exports: every run carries it when any grid method reads relevance
-    assert recipe.clip_text(cfg) == "none"  # a 7B export would carry a text tower nothing reads
+    assert recipe.clip_text(cfg, base, "sft") == "none"  # a 7B export would carry a text tower nothing reads
     cfg["grid"]["methods"].append("cdpruner")
-    assert recipe.clip_text(cfg) == "auto"
+    assert recipe.clip_text(cfg, base, "sft") == "auto"
     cfg["model"]["clip_text"] = "none"
-    assert recipe.clip_text(cfg) == "none"
+    assert recipe.clip_text(cfg, base, "sft") == "none"
 
 
 def test_only_the_runs_that_read_relevance_carry_the_stand_in_clip():

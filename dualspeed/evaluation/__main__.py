@@ -13,6 +13,7 @@ import json
 from transformers import set_seed
 
 from .. import cli, provenance
+from ..models import clip_text
 from ..data.synth_tasks import TASKS
 from ..modes import INFERENCE_MODES
 from .runner import run_modes
@@ -33,14 +34,15 @@ def main(argv=None):
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     ap.add_argument("--seed", type=int, default=0, help="seeds everything random (the `random` VTP method)")
-    ap.add_argument("--clip-text", default="auto", help="CLIP text tower for a method that reads relevance (CDPruner): auto = the one the checkpoint carries, none = the LLM's instruction embeddings, or a CLIP repo / exported clip_text/ dir")
+    ap.add_argument("--clip-text", default="auto", help=clip_text.EVAL_HELP)
     ap.add_argument("--out", help="output JSON; with several modes a template with '{mode}'")
     a = ap.parse_args(argv)
 
     def one(mode: str, _out) -> dict:
         set_seed(a.seed)  # each mode draws the same random stream, as in a job of its own
         res = evaluate(a.ckpt, a.data, a.tasks.split(","), mode, a.limit or None, batch_size=a.batch_size,
-                       method=a.method, ratio=a.ratio, device=a.device, dtype=a.dtype, seed=a.seed, clip_text=a.clip_text)
+                       method=a.method, ratio=a.ratio, device=a.device, dtype=a.dtype, seed=a.seed,
+                       clip_text=a.clip_text)
         return {"point": json.loads(a.point), "checkpoint": a.ckpt, "backend": "synthetic", "mode": mode, **res,
                 "provenance": provenance.collect()}
 

@@ -131,7 +131,7 @@ def clip_source(cfg: dict) -> str:
     return cfg["model"]["vision_tower"] if source == "compose" else "auto"
 
 
-def clip_text(cfg: dict, pt: Point | None = None, stage: str = "sft") -> str:
+def clip_text(cfg: dict, pt: Point, stage: str) -> str:
     """One stage's CLIP text tower setting: the CLIP (clip_source) where that stage reads instruction relevance,
     or its export will be evaluated under pruning by a method that does; none elsewhere - a 7B export would
     otherwise carry ~250 MB of text tower nothing reads, and a run's spec would change with the grid's other
@@ -142,10 +142,7 @@ def clip_text(cfg: dict, pt: Point | None = None, stage: str = "sft") -> str:
         return cfg["model"].get("clip_text", "auto")
     if clip_source(cfg) == "auto":
         return "auto" if _grid_reads_relevance(cfg) else "none"
-    if pt is None:
-        return clip_source(cfg) if _grid_reads_relevance(cfg) else "none"
-    s = pt.settings
-    reads = s["pre_prune" if stage == "pretrain" else "sft_prune"] and _reads_relevance(pt.method)
+    reads = pt.settings["pre_prune" if stage == "pretrain" else "sft_prune"] and _reads_relevance(pt.method)
     if stage == "sft":
         reads = reads or _reads_relevance(eval_prune(cfg, pt)[0])
     return clip_source(cfg) if reads else "none"
@@ -154,10 +151,7 @@ def clip_text(cfg: dict, pt: Point | None = None, stage: str = "sft") -> str:
 def vtp_eval_clip(cfg: dict, method: str) -> str:
     """The CLIP for a training-free pruned evaluation of the baseline's checkpoint with `method`, whose export
     carries none (its own runs read no relevance): the stage's CLIP where the method reads relevance."""
-    if not _reads_relevance(method):
-        return "none"
-    source = clip_source(cfg)
-    return source if source.lower() != "none" else "none"
+    return clip_source(cfg) if _reads_relevance(method) else "none"
 
 
 def standin_spec(cfg: dict, kind: str) -> dict:

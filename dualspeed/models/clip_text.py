@@ -43,6 +43,8 @@ KEY = "model.clip_text"
 FIX = (f"set {KEY} to a CLIP repo that has its text tower (a hub id or a directory with a config.json of "
        f"model_type 'clip', its weights and its tokenizer), or {KEY}: none to score relevance against the LLM's "
        "instruction embeddings")
+EVAL_HELP = ("CLIP text tower for a method that reads relevance (CDPruner): auto = the one the checkpoint carries, "
+             "none = the LLM's instruction embeddings, or a CLIP repo / exported clip_text/ dir")
 _WEIGHT_FILES = (WEIGHTS, "model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
                  "pytorch_model.bin.index.json")
 _ROLE = re.compile(r"\b(user|assistant)\s*:", re.IGNORECASE)

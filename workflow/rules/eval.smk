@@ -40,7 +40,7 @@ rule evaluate_vtp:
         point=lambda wc: json.dumps({"variant": "baseline", "method": "none", "p": 0.0, "r": 0.0, "seed": BASELINE.seed,
                                      "vtp_inference": {"method": wc.method, "p": P_OF[wc.p]}}),
         ratio=lambda wc: P_OF[wc.p],
-        # the baseline's export carries no CLIP text tower (none of its runs reads relevance): name the stage's
+        # the baseline's export carries no CLIP text tower (none of its runs reads relevance): pass the stages' one
         clip=lambda wc: recipe.vtp_eval_clip(config, wc.method),
         cmd=eval_command(),
         seed=BASELINE.seed,

@@ -10,6 +10,7 @@ import os
 from pathlib import Path
 
 from ... import cli
+from ...models import clip_text
 from ...modes import INFERENCE_MODES
 from ..runner import run_modes
 from .run import run
@@ -29,7 +30,7 @@ def main(argv=None):
     ap.add_argument("--dtype", default="float32")
     ap.add_argument("--limit", type=int, default=0)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--clip-text", default="auto", help="CLIP text tower for a method that reads relevance (CDPruner): auto = the one the checkpoint carries, none = the LLM's instruction embeddings, or a CLIP repo / exported clip_text/ dir")
+    ap.add_argument("--clip-text", default="auto", help=clip_text.EVAL_HELP)
     ap.add_argument("--point", default="{}")
     ap.add_argument("--out", required=True, help="output JSON; with several modes a template with '{mode}'")
     a = ap.parse_args(argv)
