@@ -88,7 +88,7 @@ def test_chat_template_renders_multi_turn_like_training(tokenizer):
                 {"role": "user", "content": "How many objects are there ?"},
                 {"role": "assistant", "content": "one"}]
     text = tokenizer.apply_chat_template(messages, chat_template=chat_template(), tokenize=False)
-    assert "human's questions" in text
+    assert "to the user's questions. USER: <image>\n" in text  # conv_vicuna_v1's system prompt
     assert tokenizer(text).input_ids == build_prompt(tokenizer, conv, "vicuna_v1")[0]
     # the synthetic tokenizer carries the same template and no token_type_ids
     assert tokenizer.chat_template == chat_template()
