@@ -10,7 +10,6 @@ from transformers import (
     AutoConfig,
     AutoImageProcessor,
     AutoModelForCausalLM,
-    AutoTokenizer,
     CLIPImageProcessor,
     CLIPVisionConfig,
     CLIPVisionModel,
@@ -24,6 +23,7 @@ from transformers import (
 from ..config import ModelConfig, TinyModelConfig
 from ..data.conversation import IMAGE_TOKEN
 from . import standins
+from .tokenizer import add_llava_tokens, load_tokenizer
 
 
 def tiny_image_processor(size: int, grid_pinpoints: list | None = None):
@@ -77,11 +77,8 @@ def _compose(cfg: ModelConfig, dtype):
     """LLM + CLIP + a fresh projector: the starting point of pretraining from scratch."""
     # bad anyres resolutions fail on the tower's small config, before 7B of weights are read
     pinpoints = check_pinpoints(cfg.image_grid_pinpoints, CLIPVisionConfig.from_pretrained(cfg.vision_tower).image_size)
-    tokenizer = AutoTokenizer.from_pretrained(cfg.llm, use_fast=True)
-    if IMAGE_TOKEN not in tokenizer.get_vocab():
-        tokenizer.add_special_tokens({"additional_special_tokens": [IMAGE_TOKEN]})
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.unk_token or tokenizer.eos_token
+    tokenizer = load_tokenizer(cfg.llm)
+    add_llava_tokens(tokenizer)
     llm = AutoModelForCausalLM.from_pretrained(cfg.llm, torch_dtype=dtype)
     llm.resize_token_embeddings(len(tokenizer))
     vision = CLIPVisionModel.from_pretrained(cfg.vision_tower, torch_dtype=dtype)
@@ -134,7 +131,7 @@ def load_components(cfg: ModelConfig, dtype=torch.float32, seed: int = 0):
         tok_dir = Path(cfg.tokenizer)
         if not (tok_dir / "tokenizer.json").is_file():
             raise FileNotFoundError(f"no tokenizer.json in {tok_dir}; run `python -m dualspeed.data synth` first")
-        tokenizer = AutoTokenizer.from_pretrained(tok_dir)
+        tokenizer = load_tokenizer(tok_dir)
         llava = build_tiny(cfg.tiny, tokenizer, seed, cfg.image_grid_pinpoints).to(dtype)
         return llava, tokenizer, tiny_image_processor(cfg.tiny.image_size, cfg.image_grid_pinpoints)
     if cfg.source == "compose":
@@ -143,7 +140,7 @@ def load_components(cfg: ModelConfig, dtype=torch.float32, seed: int = 0):
     if Path(path).exists() and not (Path(path) / "config.json").is_file():
         raise FileNotFoundError(f"{path} is not a llava-hf checkpoint (no config.json); pass a finished stage's hf/ dir")
     llava, processor = _load_llava(path, dtype)
-    return llava, AutoTokenizer.from_pretrained(path), processor
+    return llava, load_tokenizer(path), processor
 
 
 def reinit_projector(llava, seed: int) -> None:

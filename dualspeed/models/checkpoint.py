@@ -9,10 +9,10 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
-from transformers import AutoTokenizer
 
 from ..data.conversation import prepare_tokenizer
 from . import clip_text
+from .tokenizer import load_tokenizer
 from .build import _load_llava
 from .hf_files import mark_pmod, processor_for_export
 from .llava import DualSpeedLlava
@@ -149,4 +149,4 @@ def load_exported(path: str | Path, dtype=torch.float32, device="cpu"):
             model.enable_pmod(ratios=pm["ratios"], alpha=pm["alpha"], beta=pm["beta"])
             model.pmod.load_state_dict(pmod_state(extra))
     model.to(device=device, dtype=dtype).eval()
-    return model, AutoTokenizer.from_pretrained(path), processor, meta
+    return model, load_tokenizer(path), processor, meta
