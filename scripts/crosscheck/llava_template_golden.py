@@ -5,7 +5,7 @@ conversations, with the Llama-style SentencePiece fixture (tests/fixtures/llama_
     bash scripts/crosscheck/setup.sh                      # the side venv (prints its path)
     <side venv>/bin/python scripts/crosscheck/llava_template_golden.py
 
-writes tests/golden/llava/template.json; tests/test_golden_llava_template.py compares the project against it."""
+writes tests/golden/llava/template.json (or: ... llava_template_golden.py TOKENIZER_DIR OUT.json); tests/test_golden_llava_template.py compares the project against it."""
 from __future__ import annotations
 
 import copy
@@ -58,20 +58,20 @@ GENERATE = {
 }
 
 
-def load_tokenizer(legacy: bool):
+def load_tokenizer(legacy: bool, where: Path = FIXTURE):
     # as llava/train/train.py loads it (use_fast=False, right padding) and sets pad for v1 (pad = unk)
-    tok = transformers.AutoTokenizer.from_pretrained(FIXTURE, use_fast=False, legacy=legacy,
+    tok = transformers.AutoTokenizer.from_pretrained(where, use_fast=False, legacy=legacy,
                                                      model_max_length=2048, padding_side="right")
     tok.pad_token = tok.unk_token
     return tok
 
 
-def main() -> None:
+def main(where: Path = FIXTURE, dest: Path = GOLDEN / "llava" / "template.json") -> None:
     args = llava_train.DataArguments(is_multimodal=True)
     args.mm_use_im_start_end = False
     cases = []
     for legacy in (True, False):
-        tok = load_tokenizer(legacy)
+        tok = load_tokenizer(legacy, where)
         for name, conv in SFT.items():
             conversation_lib.default_conversation = conversation_lib.conv_templates["v1"]
             has_image = any("<image>" in t["value"] for t in conv)
@@ -100,20 +100,22 @@ def main() -> None:
             cases.append({"name": name, "template": "vicuna_v1_generation", "legacy": legacy,
                           "conversations": [h(question), g("")], "prompt": prompt,
                           "input_ids": tokenizer_image_token(prompt, tok), "labels": None, "llava_masked_all": False})
-    out = GOLDEN / "llava" / "template.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
+    dest.parent.mkdir(parents=True, exist_ok=True)
     doc = {"provenance": provenance(
         "haotian-liu/LLaVA as llava-torch 1.2.2.post1 (files identical to dingkun-zhang/DualSpeed@99337cb)", None,
         "python scripts/crosscheck/llava_template_golden.py",
-        tokenizer="tests/fixtures/llama_sp (tokenizer.model only), use_fast=False, pad = unk",
+        tokenizer=f"{where.relative_to(ROOT) if where.is_relative_to(ROOT) else where} (tokenizer.model only), "
+                  "use_fast=False, pad = unk",
         image_token_index=IMAGE_TOKEN_INDEX, ignore_index=IGNORE_INDEX,
         functions=["llava.train.train.preprocess_multimodal", "preprocess_v1", "preprocess_plain",
                    "llava.conversation.conv_templates['v1'|'plain'|'vicuna_v1']", "llava.mm_utils.tokenizer_image_token"]),
         "cases": cases}
-    out.write_text(json.dumps(doc, indent=1, ensure_ascii=False) + "\n")
+    dest.write_text(json.dumps(doc, indent=1, ensure_ascii=False) + "\n")
     masked = [(c["name"], c["legacy"]) for c in cases if c["llava_masked_all"]]
-    print(f"wrote {out}: {len(cases)} cases; LLaVA masked entirely (tokenization mismatch): {masked}")
+    print(f"wrote {dest}: {len(cases)} cases; LLaVA masked entirely (tokenization mismatch): {masked}")
 
 
 if __name__ == "__main__":
-    main()
+    # optional: another tokenizer directory (tokenizer.model + tokenizer_config.json) and output file, e.g. a
+    # Llama-2 vocabulary for a one-off check (docs/recipes.md)
+    main(*(Path(a) for a in sys.argv[1:3]))
