@@ -267,6 +267,38 @@ def test_divprune_picks_the_references_indices_at_several_n(golden):
         assert torch.equal(got, out[f"keep.kept.{n}.{p}"]), key
 
 
+@pytest.mark.parametrize("path,bf16", [("config/llava15_7b.yaml", True), ("config/llava_next_7b.yaml", True),
+                                       ("config/config.yaml", False)])
+def test_recipes_run_divprune_as_the_reference(path, bf16):
+    """The real recipes train in bf16 and prune with DivPrune in the features' dtype, as the reference; the tiny recipe
+    trains in fp32, where native and fp32 DivPrune are one and the same, so it keeps the same default."""
+    import yaml
+
+    from dualspeed.grid.recipe import pretrain_spec, sft_spec
+    from dualspeed.grid.variants import point
+
+    root = Path(__file__).resolve().parents[1]
+    cfg = yaml.safe_load((root / "config" / "config.yaml").read_text())
+    if path != "config/config.yaml":
+        for k, v in yaml.safe_load((root / path).read_text()).items():
+            cfg[k] = {**cfg[k], **v} if isinstance(v, dict) and isinstance(cfg.get(k), dict) else v
+    g = cfg["grid"]
+    for spec in (pretrain_spec(cfg, point("dualspeed", g["method"], g["p"], g["r"])),
+                 sft_spec(cfg, point("dualspeed", g["method"], g["p"], g["r"]))):
+        method = vtp.get(spec["fastslow"]["method"])
+        assert method.name == "divprune" and method.precision == "native", spec["fastslow"]
+        assert bool(spec["train"].get("bf16")) == bf16
+
+
+def test_divprune_precision_is_a_named_setting():
+    assert vtp.get("divprune").describe()["precision"] == "native"
+    assert vtp.get("divprune:precision=fp32").describe()["precision"] == "fp32"
+    with pytest.raises(ValueError, match="precision"):
+        vtp.get("divprune:precision=fp16")
+    feats = torch.randn(2, 64, 16)  # fp32 features: the two settings are the same computation
+    assert torch.equal(vtp.get("divprune")(feats, 6), vtp.get("divprune:precision=fp32")(feats, 6))
+
+
 if __name__ == "__main__":
     import pprint
 
