@@ -13,7 +13,11 @@ bf16, the recipe's dtype, where the reference runs DivPrune in bf16 too; and the
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
+
+if __name__ == "__main__":  # run as a script: measure this checkout's package, not whichever the venv installed
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import pytest
 import torch
