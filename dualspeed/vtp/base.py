@@ -288,8 +288,9 @@ def check(spec: str, keep: dict[int, str] | None = None) -> VTPMethod:
 
 
 def keep_count(n_tokens: int, prune_ratio: float) -> int:
-    """k = floor((1 - p) * N), at least one token (the paper's rule)."""
+    """k = int((1 - p) * N) in float arithmetic, exactly the reference's (llava_arch.py: keep_ratio = 1 - pruning_ratio,
+    then int(keep_ratio * N)), float rounding included: 1 - 0.9 = 0.09999999999999998, so N = 100 keeps 9 and
+    N = 2880 keeps 287, where exact arithmetic would say 10 and 288. At least one token (the reference would fail at 0)."""
     if not 0.0 <= prune_ratio < 1.0:
         raise ValueError(f"prune ratio p must be in [0, 1), got {prune_ratio}")
-    # round first so that e.g. (1 - 0.9) * 64 = 6.3999... floors to 6, not 5
-    return max(1, int(round((1.0 - prune_ratio) * n_tokens, 6)))
+    return max(1, int((1 - prune_ratio) * n_tokens))
