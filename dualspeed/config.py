@@ -229,6 +229,8 @@ class RunConfig:
         if self.pmod.enabled and self.fastslow.prune:
             raise ConfigError("config keys 'pmod.enabled' and 'fastslow.prune' cannot both be true: p-MoD is compared "
                               "with DualSpeed, not combined with it")
+        # a command line's list arrives as strings ('--set pdrop.layers=8,16,24')
+        self.pdrop.layers = [int(x) if isinstance(x, str) and x.strip().isdigit() else x for x in self.pdrop.layers]
         if self.pdrop.enabled:
             check_pdrop(asdict(self.pdrop), self.model.tiny.llm_layers if self.model.source == "tiny" else None)
         if self.pdrop.enabled and self.pmod.enabled:
