@@ -232,3 +232,28 @@ def test_tiny_pdrop_run_trains_and_exports_a_dense_checkpoint(synth_dir, tmp_pat
         p = Predictor(out / "hf", mode=mode, max_new_tokens=3)
         assert len(p.predict(q)) == 2
         assert (p.summary()["pdrop"] is None) == (mode == "normal")
+
+
+def test_the_grid_trains_pdrop_in_both_stages_and_the_7b_recipes_with_its_own_sft_recipe():
+    from pathlib import Path
+
+    import yaml
+
+    from dualspeed.grid.recipe import pretrain_spec, sft_spec
+    from dualspeed.grid.variants import point
+
+    root = Path(__file__).parents[1]
+    tiny = yaml.safe_load((root / "config" / "config.yaml").read_text())
+    pd = point("pdrop", "divprune", 0.9, 0.1)
+    assert pd.path == "pdrop/none/p0/r0/s0" and pd.pretrain_tag == "pdrop_s0"  # a pretraining of its own
+    for spec in (pretrain_spec(tiny, pd), sft_spec(tiny, pd)):
+        assert spec["pdrop"] == {"layers": [1, 2, 3], "lam": 0.5, "enabled": True}
+    assert not sft_spec(tiny, point("baseline", "divprune", 0.9, 0.1))["pdrop"]["enabled"]
+    for name in ("llava15_7b", "llava_next_7b"):
+        cfg = yaml.safe_load((root / "config" / f"{name}.yaml").read_text())
+        mine, base = sft_spec(cfg, pd), sft_spec(cfg, point("baseline", "divprune", 0.9, 0.1))
+        assert (mine["train"]["llm"], mine["train"]["lr"]) == ("full", 2e-5)
+        assert (base["train"]["llm"], base["train"]["lr"]) == ("lora", 2e-4)
+        assert mine["pdrop"] == {"layers": [8, 16, 24], "lam": 0.5, "enabled": True}
+        load_config(base={**mine, "output_dir": "x"})  # a valid run config
+        load_config(base={**pretrain_spec(cfg, pd), "output_dir": "x"})
