@@ -69,7 +69,8 @@ def test_tiny_training_step_matches_the_counter(case, tokenizer, batch):
     samples = step_samples(batch, [1] * int(batch["has_image"].sum()), [s.patches] * int(batch["has_image"].sum()))
     want = flops.train_step(s, setup, samples, model_mode, 0.9, 4, model.pmod.ratios if model.pmod else None,
                             pdrop=model.pdrop.meta() if model.pdrop else None).total
-    assert abs(want - got) / got < TOL, (case, want, got)
+    # PyramidDrop's ranking is small beside its layers: leaving out its LoRA products cost 0.9%, under TOL
+    assert abs(want - got) / got < (TOL if model_mode != "pdrop" else 1e-3), (case, want, got)
     if model_mode == "pmod":  # at least two MoD layers route before the last one
         assert sum(r is not None for r in model.pmod.ratios[:-1]) >= 2
 
@@ -204,7 +205,7 @@ def test_tiny_pdrop_prefill_matches_the_counter_and_caches_fewer_tokens():
     res = measure_pdrop(layers=4, text=40)
     got, want = res["measured"], res["analytic"]
     for mode in ("normal", "pdrop"):
-        assert abs(want[mode]["flops"] - got[mode]["flops"]) / got[mode]["flops"] < TOL, mode
+        assert abs(want[mode]["flops"] - got[mode]["flops"]) / got[mode]["flops"] < 1e-3, mode
         assert want[mode]["kv_cache_bytes"] == got[mode]["kv_cache_bytes"], mode
     n = got["normal"]["kv_tokens"][0] - 40  # the image's visual tokens
     assert [t - 40 for t in got["pdrop"]["kv_tokens"]] == [n, n // 2, n // 4, n // 8]

@@ -166,11 +166,16 @@ def pdrop_visual(v: int, stage: int, lam: float) -> int:
     return math.floor(v * lam ** stage)
 
 
-def _pdrop_rank(s: Shape, batch: list[Sample], lengths: list[int], queries: list[int]) -> float:
+def _pdrop_rank(s: Shape, st: Setup, batch: list[Sample], lengths: list[int], queries: list[int]) -> float:
     """One PyramidDrop boundary's ranking, without gradient: the next layer's q and k projections over the padded
-    batch, and each image sample's queries against every key of its row (models/pdrop.py: scores)."""
+    batch (with their LoRA products where LoRA wraps them), and each image sample's queries against every key of
+    its row (models/pdrop.py: scores)."""
     b, t = len(batch), max(lengths)
-    f = _linear(b * t, s.d, s.d, False, False)[0] + _linear(b * t, s.d, s.kv_dim, False, False)[0]
+    f = 0.0
+    for name, o in (("q_proj", s.d), ("k_proj", s.kv_dim)):
+        f += _linear(b * t, s.d, o, False, False)[0]
+        if st.llm == "lora" and name in st.lora_targets:
+            f += _linear(b * t, s.d, st.lora_r, False, False)[0] + _linear(b * t, st.lora_r, o, False, False)[0]
     return f + sum(2.0 * q * t * s.d for x, q in zip(batch, queries) if x.crops)
 
 
@@ -192,7 +197,7 @@ def llm(s: Shape, st: Setup, batch: list[Sample], visual: list[int], grad: bool,
     queries = queries or [x.spans for x in batch]
     for i, r in enumerate(ratios):
         if i in cuts:  # the ranking before layer i, then the stage's shorter batch
-            out.add("rank", _pdrop_rank(s, batch, [x.text + v for x, v in zip(batch, visual)], queries))
+            out.add("rank", _pdrop_rank(s, st, batch, [x.text + v for x, v in zip(batch, visual)], queries))
             stage += 1
             visual = [pdrop_visual(v0, stage, pdrop["lam"]) for v0 in visual0]
             t = max(x.text + v for x, v in zip(batch, visual))
