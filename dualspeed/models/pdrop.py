@@ -98,13 +98,15 @@ def scores(layer, x, pe, mask, queries: list[torch.Tensor]) -> list[torch.Tensor
     k = attn.k_proj(h).view(b, t, -1, hd).transpose(1, 2)
     q, k = apply_rotary_pos_emb(q, k, *pe)
     k = repeat_kv(k, q.shape[1] // k.shape[1])
-    add = _additive_mask(mask.bool(), t, torch.float32)[:, 0]  # [B, T, T]
+    keys = torch.arange(t, device=x.device)
     out = []
     for i, pos in enumerate(queries):
         if pos.numel() == 0:
             out.append(None)
             continue
-        logits = (q[i][:, pos] @ k[i].transpose(1, 2)).float() / math.sqrt(hd) + add[i][pos]  # [H, Q, T]
+        allowed = (keys[None, :] <= pos[:, None]) & mask[i].bool()[None, :]  # the causal mask's rows [Q, T]
+        logits = (q[i][:, pos] @ k[i].transpose(1, 2)).float() / math.sqrt(hd)  # [H, Q, T]
+        logits = logits.masked_fill(~allowed, torch.finfo(torch.float32).min)
         out.append(torch.softmax(logits, dim=-1).mean(0).mean(0))
     return out
 
