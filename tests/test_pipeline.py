@@ -213,3 +213,7 @@ def test_smoke_llava_next_main_table_end_to_end(tmp_path, workflow_copy):
     assert json.loads((metrics / "normal.json").read_text())["visual_tokens_per_sample"] == 5 * 16 + 8
     assert json.loads((metrics / "pruned.json").read_text())["visual_tokens_per_sample"] == 5 * 1 + 4
     assert not (work / "runs" / "smoke-next" / "sft" / "dualspeed_noiso").exists()
+    # PyramidDrop on anyres: its row trained and evaluated dense and dropping (the packed crops' tokens ranked)
+    assert "PyramidDrop (no VTP)" in main
+    drop = json.loads((res / "metrics" / "pdrop" / "none" / "p0" / "r0" / "s0" / "pdrop.json").read_text())
+    assert drop["pdrop"] == {"layers": [1], "lam": 0.5} and drop["visual_tokens_per_sample"] == 5 * 16 + 8
