@@ -152,6 +152,18 @@ class PModConfig:
 
 
 @dataclass
+class PDropConfig:
+    """PyramidDrop (the third family): visual tokens dropped in stages inside the LLM, ranked by attention."""
+
+    enabled: bool = False
+    # drop after these many layers, strictly increasing in 1..L-1 (LLaVA-1.5-7B: 8, 16, 24 of 32)
+    layers: list = field(default_factory=lambda: [8, 16, 24])
+    lam: float = 0.5  # each stage keeps lam of the previous stage's visual tokens
+    # the ranking finds its queries by place and rebuilds right-padded sequences, as the reference requires
+    padding_side: str = "right"
+
+
+@dataclass
 class RunConfig:
     output_dir: str = ""
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -159,6 +171,7 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     fastslow: FastSlowConfig = field(default_factory=FastSlowConfig)
     pmod: PModConfig = field(default_factory=PModConfig)
+    pdrop: PDropConfig = field(default_factory=PDropConfig)
 
     def validate(self) -> "RunConfig":
         from . import vtp
@@ -216,6 +229,16 @@ class RunConfig:
         if self.pmod.enabled and self.fastslow.prune:
             raise ConfigError("config keys 'pmod.enabled' and 'fastslow.prune' cannot both be true: p-MoD is compared "
                               "with DualSpeed, not combined with it")
+        # a command line's list arrives as strings ('--set pdrop.layers=8,16,24')
+        self.pdrop.layers = [int(x) if isinstance(x, str) and x.strip().isdigit() else x for x in self.pdrop.layers]
+        if self.pdrop.enabled:
+            check_pdrop(asdict(self.pdrop), self.model.tiny.llm_layers if self.model.source == "tiny" else None)
+        if self.pdrop.enabled and self.pmod.enabled:
+            raise ConfigError("config keys 'pdrop.enabled' and 'pmod.enabled' cannot both be true: PyramidDrop and p-MoD "
+                              "are compared, not combined (both act on the LLM's layers)")
+        if self.pdrop.enabled and self.fastslow.prune:
+            raise ConfigError("config keys 'pdrop.enabled' and 'fastslow.prune' cannot both be true: PyramidDrop is "
+                              "compared with DualSpeed, not combined with it")
         if self.train.stage == "pretrain" and self.fastslow.prune and self.fastslow.slow_prob > 0:
             raise ConfigError("config key 'fastslow.slow_prob' must be 0 in the pretraining stage: it is fast mode only")
         return self
@@ -269,6 +292,23 @@ def batch_plan(t: TrainConfig, world_size: int, continues: int | None = None) ->
             f"{procs}: {target} / (train.batch_size {t.batch_size} x {world_size}) = {accum} accumulation steps. "
             f"Remove train.grad_accum (it is derived from the global batch) or set it to {accum}")
     return BatchPlan(target, t.batch_size, accum, world_size)
+
+
+def check_pdrop(pd: dict, n_layers: int | None = None) -> None:
+    """PyramidDrop's settings, checked once for the run config and the plan: boundaries strictly increasing in
+    1..L-1 (L known for the tiny LLM; a loaded LLM is checked when the model is built), lam in (0, 1], right
+    padding."""
+    layers, lam = pd.get("layers", [8, 16, 24]), pd.get("lam", 0.5)
+    top = f"{n_layers - 1}" if n_layers else "L-1"
+    if (not isinstance(layers, list) or not layers or any(not isinstance(x, int) or isinstance(x, bool) for x in layers)
+            or any(x < 1 or (n_layers and x > n_layers - 1) for x in layers) or layers != sorted(set(layers))):
+        raise ConfigError(f"config key 'pdrop.layers' must be strictly increasing layer counts, each in 1..{top} "
+                          f"(got {layers!r})")
+    if not (isinstance(lam, (int, float)) and 0.0 < lam <= 1.0):
+        raise ConfigError(f"config key 'pdrop.lam' must be in (0, 1] (got {lam!r})")
+    if pd.get("padding_side", "right") != "right":
+        raise ConfigError(f"config key 'pdrop.padding_side' must be 'right': PyramidDrop finds its queries by place and "
+                          f"rebuilds right-padded sequences (got {pd.get('padding_side')!r})")
 
 
 def _get(obj, dotted: str):

@@ -6,7 +6,8 @@ Training modes: how one optimizer step of a run computes its loss (dualspeed/tra
   full  a stage that never prunes (the baseline): plain CE
 
 Step kinds: the steps the benchmark times and the FLOPs model counts, one per variant's building block;
-each is a training mode run with or without the isolator, or a full step through p-MoD's routed layers.
+each is a training mode run with or without the isolator, or a full step through p-MoD's routed layers or
+PyramidDrop's dropping stages.
 
 Inference modes: how an exported checkpoint is evaluated (dualspeed/evaluation/predictor.py).
 """
@@ -19,7 +20,11 @@ TRAINING_MODE_CODES = {m: i for i, m in enumerate(TRAINING_MODES)}
 
 # step kind -> (the training mode it runs, whether the isolator is prepended)
 STEP_KINDS = {"full": (FULL, False), "fast": (FAST, False), "fast_isolator": (FAST, True), "slow": (SLOW, True),
-              "pmod": (FULL, False)}
+              "pmod": (FULL, False), "pdrop": (FULL, False)}
 
-# inference mode -> (prune visual tokens, prepend the isolator)
-INFERENCE_MODES = {"normal": (False, False), "pruned": (True, True), "pruned_noiso": (True, False)}
+# inference mode -> (prune visual tokens, prepend the isolator). pdrop: PyramidDrop's own inference, no VTP and no
+# isolator, the LLM dropping visual tokens in stages (models/pdrop.py); evaluated only where a table reads it (the
+# PyramidDrop rows, the baseline's training-free use), never among eval.modes, which every checkpoint runs.
+INFERENCE_MODES = {"normal": (False, False), "pruned": (True, True), "pruned_noiso": (True, False),
+                   "pdrop": (False, False)}
+PDROP_MODE = "pdrop"

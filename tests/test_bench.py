@@ -5,10 +5,11 @@ from dualspeed.bench.step_time import divprune_cost, run
 from dualspeed.vtp.divprune import DivPrune
 
 
-def test_bench_times_four_variants_side_by_side():
+def test_bench_times_five_variants_side_by_side():
     res = run("tiny", steps=2, burn_in=1, p_ratio=0.9, r=0.5, device="cpu", dtype=__import__("torch").float32)
-    assert set(res["step_time_s"]) == {"baseline", "naiveprune", "dualspeed", "pmod"}
-    assert set(res["mode_step_time_s"]) == {"full", "fast", "fast_isolator", "slow", "pmod"}
+    assert set(res["step_time_s"]) == {"baseline", "naiveprune", "dualspeed", "pmod", "pdrop"}
+    assert set(res["mode_step_time_s"]) == {"full", "fast", "fast_isolator", "slow", "pmod", "pdrop"}
+    assert res["pdrop"] == {"layers": [1, 2, 3], "lam": 0.5}  # PyramidDrop's quarters of the tiny 4-layer LLM
     assert res["pmod_ratios"] == [None, 0.75, __import__("pytest").approx(0.25), 0.15]  # PRD over the tiny recipe's 4 LLM layers
     assert res["speedup_vs_baseline"]["baseline"] == 1.0
     assert all(t > 0 for t in res["mode_step_time_s"].values())
@@ -20,6 +21,7 @@ def test_bench_times_four_variants_side_by_side():
     # the FLOPs model's limit: pruning 64 -> 6 tokens must leave a fast step far cheaper than a full one
     lim = res["compute_speedup"]
     assert lim["baseline"] == 1.0 and lim["naiveprune"] > lim["dualspeed"] > 1.0 and lim["pmod"] > 1.0
+    assert lim["pdrop"] > 1.0
     assert all(abs(res["measured_over_limit"][k] - res["speedup_vs_baseline"][k] / lim[k]) < 1e-12 for k in lim)
 
 

@@ -79,9 +79,10 @@ def test_sft_only_grid_from_a_llava_checkpoint_dry_run(own):
 
     args = variant(own, sft_only)
     n = dry(*args, cwd=own)
-    # baseline, naiveprune, fastslow, fastslow_iso, dualspeed, dualspeed_noiso, pmod; not the per-stage table's
-    # vtp_pretrain (VTP in a pretraining that does not run) nor its vtp_sft
-    assert n["sft"] == 7 and n["evaluate"] == 7 and n["prepare_local"] == 1 and n["table"] == 9
+    # baseline, naiveprune, fastslow, fastslow_iso, dualspeed, dualspeed_noiso, pmod, pdrop; not the per-stage
+    # table's vtp_pretrain (VTP in a pretraining that does not run) nor its vtp_sft
+    assert n["sft"] == 8 and n["evaluate"] == 8 and n["prepare_local"] == 1 and n["table"] == 9
+    assert n["evaluate_pdrop"] == 2
     assert "pretrain" not in n and "standin" not in n
     res = smk("-n", "--forceall", "--cores", "1", *args, cwd=own)
     assert "SFT-only grid" in res.stderr and "per-stage table" in res.stderr

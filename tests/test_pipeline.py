@@ -39,23 +39,25 @@ def test_lint_is_clean():
 
 def test_default_grid_dry_run_counts():
     n = dry()
-    # 9 distinct SFT rows (p-MoD's on the baseline's pretraining); the 5 rows the mismatch and ablation findings
-    # read (baseline, naiveprune, fastslow, fastslow_iso, dualspeed) run 3 seeds, the other 4 one: 5 * 3 + 4.
-    # Pretraining per seed: full, divprune with and without the isolator
-    assert n["sft"] == 19 and n["pretrain"] == 9 and n["standin"] == 2 and n["synthesize"] == 1
-    assert n["evaluate"] == 19  # one job per checkpoint, every inference mode in it
+    # 10 distinct SFT rows (p-MoD's on the baseline's pretraining); the 5 rows the mismatch and ablation findings
+    # read (baseline, naiveprune, fastslow, fastslow_iso, dualspeed) run 3 seeds, the other 5 one: 5 * 3 + 5.
+    # Pretraining per seed: full, divprune with and without the isolator; PyramidDrop's own at seed 0
+    assert n["sft"] == 20 and n["pretrain"] == 10 and n["standin"] == 2 and n["synthesize"] == 1
+    assert n["evaluate"] == 20  # one job per checkpoint, every inference mode in it
+    assert n["evaluate_pdrop"] == 2  # PyramidDrop's dropping inference: its row, and the baseline training-free
     assert "evaluate_vtp" not in n  # one method: the baseline's own pruned evaluation
     assert n["table"] == 9 and n["figure"] == 3  # the paper's 8 tables and the findings table
 
 
 def test_full_grid_dry_run_counts():
     n = dry("--configfile", "config/full.yaml")
-    # 20 distinct rows: the default's 9, DualSpeed with the 5 other methods, 3 more p and 3 more r; 3 seeds for
-    # the 15 rows of main, mismatch, ablation, per-stage and the sweeps, one for the method rows: 15 * 3 + 5
-    assert n["sft"] == 50 and n["evaluate"] == 50 and n["evaluate_vtp"] == 5
-    # seed 0: full, divprune p0.9 with and without the isolator, the 5 other methods, p 0.5/0.75/0.95 (11);
-    # seeds 1 and 2: the same but the other methods (6 each)
-    assert n["pretrain"] == 23
+    # 21 distinct rows: the default's 10, DualSpeed with the 5 other methods, 3 more p and 3 more r; 3 seeds for
+    # the 16 rows of main, mismatch, ablation, per-stage and the sweeps, one for the method rows: 16 * 3 + 5
+    assert n["sft"] == 53 and n["evaluate"] == 53 and n["evaluate_vtp"] == 5
+    assert n["evaluate_pdrop"] == 3 + 1  # PyramidDrop's three seeds, and the baseline's first training-free
+    # seed 0: full, divprune p0.9 with and without the isolator, the 5 other methods, p 0.5/0.75/0.95, PyramidDrop
+    # (12); seeds 1 and 2: the same but the other methods (7 each)
+    assert n["pretrain"] == 26
 
 
 def test_one_table_builds_only_its_runs():
@@ -68,9 +70,9 @@ def test_one_table_builds_only_its_runs():
 
 def test_seeded_rows_of_the_smoke_grid():
     n = dry("--configfile", "config/smoke.yaml")
-    # 10 rows at seed 0 (the 9 variants and r = 0.5); the mismatch table's 3 rows again at seed 1, each seed on
-    # pretraining runs of its own (3 per seed)
-    assert n["sft"] == 10 + 3 and n["pretrain"] == 3 + 3 and n["evaluate"] == 13
+    # 11 rows at seed 0 (the 10 variants and r = 0.5); the mismatch table's 3 rows again at seed 1, each seed on
+    # pretraining runs of its own (3 per seed, and PyramidDrop's at seed 0)
+    assert n["sft"] == 11 + 3 and n["pretrain"] == 4 + 3 and n["evaluate"] == 14 and n["evaluate_pdrop"] == 2
     assert "evaluate_vtp" not in n  # its one method is the grid's: the baseline's own pruned evaluation
 
 
@@ -83,7 +85,8 @@ def test_real_recipe_dry_runs(profile, recipe, downloads):
     res = smk("-n", "--forceall", "--cores", "2", *args)
     n = job_counts(res.stdout + res.stderr)
     # LLaVA-NeXT: pretraining JSON + images, SFT JSON + 11 image archives
-    assert n["download"] == downloads and n["sft"] == 17 and n["pretrain"] == 8 and n["evaluate"] == 17
+    assert n["download"] == downloads and n["sft"] == 18 and n["pretrain"] == 9 and n["evaluate"] == 18
+    assert n["evaluate_pdrop"] == 2
     assert n["evaluate_vtp"] == 2
     assert "standin" not in n
     if profile:
@@ -210,3 +213,7 @@ def test_smoke_llava_next_main_table_end_to_end(tmp_path, workflow_copy):
     assert json.loads((metrics / "normal.json").read_text())["visual_tokens_per_sample"] == 5 * 16 + 8
     assert json.loads((metrics / "pruned.json").read_text())["visual_tokens_per_sample"] == 5 * 1 + 4
     assert not (work / "runs" / "smoke-next" / "sft" / "dualspeed_noiso").exists()
+    # PyramidDrop on anyres: its row trained and evaluated dense and dropping (the packed crops' tokens ranked)
+    assert "PyramidDrop (no VTP)" in main
+    drop = json.loads((res / "metrics" / "pdrop" / "none" / "p0" / "r0" / "s0" / "pdrop.json").read_text())
+    assert drop["pdrop"] == {"layers": [1], "lam": 0.5} and drop["visual_tokens_per_sample"] == 5 * 16 + 8

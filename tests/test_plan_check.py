@@ -148,3 +148,28 @@ def test_p_reaches_the_run_as_the_configs_number_not_as_its_path_read_back():
     assert plan.returncode == 0, plan.stderr[-2000:]
     specs = [line for line in plan.stdout.splitlines() if "dualspeed.train --spec" in line and "/sft/" in line]
     assert len(specs) == 1 and '"ratio": 0.1234567' in specs[0], specs
+
+
+@pytest.mark.parametrize("over, key", [({"pdrop__layers": [1, 4]}, "pdrop.layers"),  # the tiny LLM has 4 layers
+                                       ({"pdrop__layers": [2, 1]}, "pdrop.layers"),
+                                       ({"pdrop__layers": [0, 2]}, "pdrop.layers"),
+                                       ({"pdrop__layers": []}, "pdrop.layers"),
+                                       ({"pdrop__lam": 0}, "pdrop.lam"),
+                                       ({"pdrop__lam": 1.5}, "pdrop.lam"),
+                                       ({"pdrop__padding_side": "left"}, "pdrop.padding_side"),
+                                       ({"pdrop__train": {"llm": "half"}}, "train.llm")])
+def test_bad_pdrop_settings_are_refused_before_any_job(over, key):
+    with pytest.raises(PlanError, match=key.replace(".", r"\.")) as e:
+        check(with_(**over), SCHEMA)
+    assert key in str(e.value).splitlines()[0]
+
+
+def test_pdrop_layers_fit_the_smoke_llm_and_the_7b_recipes():
+    smoke = yaml.safe_load((ROOT / "config" / "smoke.yaml").read_text())
+    cfg = with_(model__tiny={**DEFAULT["model"]["tiny"], **smoke["model"]["tiny"]}, pdrop=smoke["pdrop"])
+    check(cfg, SCHEMA)
+    with pytest.raises(PlanError, match="pdrop.layers"):  # the default's 1, 2, 3 do not fit a 2-layer LLM
+        check(with_(model__tiny=cfg["model"]["tiny"]), SCHEMA)
+    for name in ("llava15_7b", "llava_next_7b"):
+        real = yaml.safe_load((ROOT / "config" / f"{name}.yaml").read_text())
+        assert real["pdrop"]["layers"] == [8, 16, 24] and real["pdrop"]["lam"] == 0.5

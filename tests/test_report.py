@@ -43,6 +43,10 @@ def test_paper_reference_holds_the_headline_numbers():
     ref = paper_reference()
     assert ref["main"]["dualspeed"] == {"rel_perf": 99.61, "speedup_overall": 2.1, "speedup_pretrain": 5.8}
     assert ref["ablation"] == {"naiveprune": 95.89, "fastslow": 98.88, "fastslow_iso": 99.32, "dualspeed": 99.61}
+    pd = ref["pdrop"]["llava15"]  # the PyramidDrop row's relative performance is its five scores over its vanilla row's
+    rel = 100 * sum(pd["pdrop"][k] / pd["baseline"][k] for k in pd["baseline"]) / len(pd["baseline"])
+    assert ref["main"]["pdrop"]["rel_perf"] == pytest.approx(rel, abs=0.005)
+    assert ref["main"]["pdrop"]["speedup_overall"] == pytest.approx(104 / 79, abs=0.005)
 
 
 def test_vtp_inference_table_sets_training_free_beside_trained(tmp_path):
@@ -73,8 +77,20 @@ def test_vtp_inference_table_sets_training_free_beside_trained(tmp_path):
         pt = point("dualspeed", m, 0.9, 0.1)
         put(res / "metrics" / pt.path / "pruned.json", {"scores": trained})
         put(res / "metrics" / pt.path / "normal.json", {"scores": {"a": 0.8, "b": 0.4}})
+    # PyramidDrop: the baseline under its dropping inference, training-free, beside the PyramidDrop row trained
+    pd = point("pdrop", "divprune", 0.9, 0.1)
+    put(Path(recipe.sft_dir(cfg, pd)) / "timing.json", {"train_runtime_s": 8.0})
+    put(Path(recipe.pretrain_dir(cfg, pd.pretrain_tag)) / "timing.json", {"train_runtime_s": 4.0})
+    put(res / "metrics" / base.path / "pdrop.json", {"scores": {"a": 0.6, "b": 0.4}, "visual_tokens_per_sample": 64})
+    put(res / "metrics" / pd.path / "pdrop.json", {"scores": {"a": 0.8, "b": 0.3}})
+    put(res / "metrics" / pd.path / "normal.json", {"scores": {"a": 0.8, "b": 0.2}})
     df, caption = build(cfg, "vtp_inference")
     rows = df.set_index("method")
+    free = rows.loc["PyramidDrop (in the LLM)"]
+    assert free["baseline pruned %"] == pytest.approx(100 * (0.75 + 1.0) / 2) and free["kind"] == "in-LLM drop"
+    assert free["DualSpeed pruned %"].mean == pytest.approx(100 * (1.0 + 0.75) / 2)
+    assert free["DualSpeed normal %"].mean == pytest.approx(100 * (1.0 + 0.5) / 2)
+    assert "PyramidDrop's dropping inference" in caption
     assert rows.loc["divprune", "baseline pruned %"] == pytest.approx(100 * (0.5 + 1.0) / 2)
     assert rows.loc["tome", "baseline pruned %"] == pytest.approx(100 * (0.25 + 0.5) / 2)
     assert rows.loc["divprune", "DualSpeed pruned %"].mean == pytest.approx(100 * (1.0 + 0.5) / 2)

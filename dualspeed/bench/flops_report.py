@@ -4,6 +4,7 @@ FLOPs, compute-limit speedups, and inference prefill FLOPs and KV cache.
     python -m dualspeed.bench flops --preset 7b-sft
     python -m dualspeed.bench flops --config config/llava15_7b.yaml --json
     python -m dualspeed.bench flops --measure-pmod    # the tiny model's routed prefill, counted by torch
+    python -m dualspeed.bench flops --measure-pdrop   # the tiny model's PyramidDrop prefill, counted by torch
 
 A recipe's per-sample composition is an assumption, stated in the output: text tokens per sample (the
 image placeholder excluded) and answer tokens; LLaVA-NeXT images are square at the largest square
@@ -74,6 +75,7 @@ def recipe_report(cfg: dict, text: dict | None = None) -> dict:
         s = cfg["data"].get("synth", {})
         sizes = {"pretrain": s.get("n_pretrain", 3000), "sft": s.get("n_sft", 6000) + s.get("n_text_only", 300)}
     iso = cfg.get("fastslow", {}).get("isolator_len", 4)
+    pdrop = pdrop_settings(cfg, shape)
     out = {"assumptions": {"text_answer_tokens_per_sample": text, "visual_tokens_full": visual, "crops": crops,
                            "samples": sizes, "p": g["p"], "r": g["r"]}, "stages": {}}
     total = {}
@@ -81,7 +83,7 @@ def recipe_report(cfg: dict, text: dict | None = None) -> dict:
         train = cfg[stage]["train"]
         sample = flops.Sample(text[stage][0], visual, crops, text[stage][1])
         res = flops.compute_speedups(shape, recipe_setup(train), [sample], g["p"], 0.0 if stage == "pretrain" else g["r"],
-                                     iso, prd_ratios(shape.layers))
+                                     iso, prd_ratios(shape.layers), pdrop)
         if stage == "pretrain":  # p-MoD shares the baseline's pretraining
             res["variant_flops"]["pmod"], res["compute_speedup"]["pmod"] = res["variant_flops"]["baseline"], 1.0
         own = (cfg.get("pmod") or {}).get("train")
@@ -94,13 +96,31 @@ def recipe_report(cfg: dict, text: dict | None = None) -> dict:
             # p-MoD's paper compares with a baseline trained as itself (77.7% of its GPU hours)
             same = flops.train_step(shape, recipe_setup({**train, **own}), [sample], "full", g["p"], iso).total
             res["pmod_vs_baseline_with_its_recipe"] = same / f
+        mine = (cfg.get("pdrop") or {}).get("train")
+        if stage == "sft" and mine:  # the PyramidDrop row trains with its own SFT recipe (it drops in pretraining too)
+            f = flops.train_step(shape, recipe_setup({**train, **mine}), [sample], "pdrop", g["p"], iso,
+                                 pdrop=pdrop).total
+            res["variant_flops"]["pdrop"] = f
+            res["compute_speedup"]["pdrop"] = res["variant_flops"]["baseline"] / f
+            res["pdrop_train"] = mine
+            # PyramidDrop's paper compares with a baseline trained as itself (104 -> 79 GPU hours)
+            same = flops.train_step(shape, recipe_setup({**train, **mine}), [sample], "full", g["p"], iso).total
+            res["pdrop_vs_baseline_with_its_recipe"] = same / f
         out["stages"][stage] = res
         for k, v in res["variant_flops"].items():
             total[k] = total.get(k, 0.0) + v * sizes[stage]
     out["total_flops"] = total
     out["compute_speedup_overall"] = {k: total["baseline"] / v for k, v in total.items()}
-    out["inference"] = inference(shape, flops.Sample(text["sft"][0] - text["sft"][1], visual, crops), g["p"], iso)
+    out["inference"] = inference(shape, flops.Sample(text["sft"][0] - text["sft"][1], visual, crops), g["p"], iso, pdrop)
+    out["pdrop"] = pdrop
     return out
+
+
+def pdrop_settings(cfg: dict, shape: flops.Shape) -> dict:
+    """A config's PyramidDrop boundaries and lam; the published split at the LLM's depth where it gives none."""
+    pd = cfg.get("pdrop") or {}
+    default = flops.default_pdrop(shape.layers)
+    return {"layers": list(pd.get("layers", default["layers"])), "lam": float(pd.get("lam", default["lam"]))}
 
 
 def preset_report(name: str, p: float) -> dict:
@@ -112,10 +132,13 @@ def preset_report(name: str, p: float) -> dict:
     return res
 
 
-def inference(shape: flops.Shape, sample: flops.Sample, p: float, iso: int) -> dict:
-    """Prefill FLOPs and KV cache of one sample: normal, pruned (with the isolator) and p-MoD; ratios to normal."""
+def inference(shape: flops.Shape, sample: flops.Sample, p: float, iso: int, pdrop: dict | None = None) -> dict:
+    """Prefill FLOPs and KV cache of one sample: normal, pruned (with the isolator), p-MoD and PyramidDrop; ratios
+    to normal."""
     ratios = prd_ratios(shape.layers)
-    res = {m: flops.prefill(shape, sample, m, p, iso if m == "pruned" else 0, ratios) for m in ("normal", "pruned", "pmod")}
+    pdrop = pdrop or flops.default_pdrop(shape.layers)
+    res = {m: flops.prefill(shape, sample, m, p, iso if m == "pruned" else 0, ratios, pdrop=pdrop)
+           for m in ("normal", "pruned", "pmod", "pdrop")}
     base = res["normal"]
     for r in res.values():
         r["vs_normal"] = {k: r[k] / base[k] for k in ("flops", "llm_flops", "kv_cache_bytes")}
@@ -137,6 +160,9 @@ def _fmt(res: dict) -> str:
         if "pmod_vs_baseline_with_its_recipe" in r:
             lines.append(f"{stage}: p-MoD against a baseline trained with p-MoD's recipe "
                          f"{r['pmod_vs_baseline_with_its_recipe']:.2f}x")
+        if "pdrop_vs_baseline_with_its_recipe" in r:
+            lines.append(f"{stage}: PyramidDrop against a baseline trained with PyramidDrop's recipe "
+                         f"{r['pdrop_vs_baseline_with_its_recipe']:.2f}x")
     if "compute_speedup_overall" in res:
         lines.append("overall: " + ", ".join(f"{m} {v:.2f}x" for m, v in res["compute_speedup_overall"].items()))
     for m, r in res["inference"].items():
@@ -152,6 +178,7 @@ def add_arguments(ap) -> None:
     src.add_argument("--preset", choices=sorted(PRESETS), help="a bench preset (dualspeed/bench/presets.py)")
     src.add_argument("--config", help="a pipeline config (config/*.yaml): its model, stages, p and r")
     src.add_argument("--measure-pmod", action="store_true", help="count the tiny model's routed prefill with torch")
+    src.add_argument("--measure-pdrop", action="store_true", help="count the tiny model's PyramidDrop prefill with torch")
     ap.add_argument("--p", type=float, help="pruning ratio (default: the preset's 0.9 or the config's grid.p)")
     ap.add_argument("--text", nargs=2, type=int, metavar=("PRETRAIN", "SFT"),
                     help=f"text tokens per sample (--config; default {ASSUME['pretrain'][0]} and {ASSUME['sft'][0]})")
@@ -163,6 +190,11 @@ def command(a) -> int:
         from .pmod_measure import measure_pmod  # builds the tiny model: torch and transformers
 
         print(json.dumps(measure_pmod(), indent=2))
+        return 0
+    if a.measure_pdrop:
+        from .pdrop_measure import measure_pdrop  # builds the tiny model: torch and transformers
+
+        print(json.dumps(measure_pdrop(), indent=2))
         return 0
     if a.preset:
         res = preset_report(a.preset, 0.9 if a.p is None else a.p)

@@ -1,4 +1,4 @@
-"""Step-time benchmark of baseline, NaivePrune, DualSpeed and p-MoD, side by side in one process.
+"""Step-time benchmark of baseline, NaivePrune, DualSpeed, p-MoD and PyramidDrop, side by side in one process.
 
     python -m dualspeed.bench step --preset tiny            # CPU, the tiny model
     python -m dualspeed.bench step --preset 7b-pretrain     # GPU: Vicuna-7B + CLIP-L/336 shapes, LLM frozen (stage 1)
@@ -11,7 +11,9 @@ every mode - full sequence, fast without isolator, fast with isolator, slow with
 teacher - so drift in machine load hits all alike; burn-in rounds come first and the device is
 synchronised around each timed step. Per-variant step time: baseline = full, NaivePrune = fast,
 DualSpeed = (1 - r) * fast-with-isolator + r * slow, the expectation over its mode schedule; p-MoD =
-a full-sequence step with the LLM's layers routed per PRD (the same weights plus zero-init routers).
+a full-sequence step with the LLM's layers routed per PRD (the same weights plus zero-init routers);
+PyramidDrop = a full-sequence step dropping visual tokens at a quarter, half and three quarters of the LLM's
+depth, lam 0.5 (8, 16, 24 of 32: its published split; no weights of its own).
 """
 from __future__ import annotations
 
@@ -53,6 +55,9 @@ def run(preset: str, steps: int, burn_in: int, p_ratio: float, r: float | None, 
     model = build(p, device, dtype)
     routers = model.enable_pmod()  # attached only for the p-MoD steps below
     model.pmod = None
+    how = flops.default_pdrop(model.config.text_config.num_hidden_layers)
+    dropping = model.enable_pdrop(how["layers"], how["lam"])  # set only for the PyramidDrop steps below
+    model.pdrop = None
     opt = torch.optim.AdamW([q for q in model.parameters() if q.requires_grad] + list(routers.parameters()), lr=1e-5)
     inputs = batch(p, device, dtype, gen)
     prune = Prune("divprune", p_ratio)
@@ -64,6 +69,7 @@ def run(preset: str, steps: int, burn_in: int, p_ratio: float, r: float | None, 
             t0 = time.perf_counter()
             mode, isolator = STEP_KINDS[kind]
             model.pmod = routers if kind == "pmod" else None
+            model.pdrop = dropping if kind == "pdrop" else None
             step(model, opt, inputs, mode, prune, isolator)
             sync(device)
             if i >= burn_in:
@@ -72,11 +78,11 @@ def run(preset: str, steps: int, burn_in: int, p_ratio: float, r: float | None, 
     variant = flops.variants(mean, r)
     speedup = {k: variant["baseline"] / v for k, v in variant.items()}
     shape, setup, samples, _ = preset_case(preset, checkpointing=device == "cuda")
-    limit = flops.compute_speedups(shape, setup, samples, p_ratio, r, pmod_ratios=routers.ratios)
+    limit = flops.compute_speedups(shape, setup, samples, p_ratio, r, pmod_ratios=routers.ratios, pdrop=how)
     return {
         "preset": preset, "device": torch.cuda.get_device_name(0) if device == "cuda" else f"cpu x{torch.get_num_threads()}",
         "dtype": str(dtype), "batch": p["batch"], "llm": p["llm"], "steps": steps, "burn_in": burn_in, "p": p_ratio,
-        "r": r, "pmod_ratios": routers.ratios, **visual_tokens(model, inputs, prune, p["batch"]),
+        "r": r, "pmod_ratios": routers.ratios, "pdrop": how, **visual_tokens(model, inputs, prune, p["batch"]),
         "mode_step_time_s": mean, "mode_median_step_time_s": {m: statistics.median(v) for m, v in times.items()},
         "step_time_s": variant, "speedup_vs_baseline": speedup,
         # the FLOPs model's limit (dualspeed/models/flops.py) and how much of it the measured speedup reaches
@@ -135,7 +141,7 @@ def command(a) -> int:
     if a.out:
         Path(a.out).write_text(text)
     print(text)
-    for k in ("naiveprune", "dualspeed", "pmod"):
+    for k in ("naiveprune", "dualspeed", "pmod", "pdrop"):
         print(f"{a.preset} {k}: measured {res['speedup_vs_baseline'][k]:.2f}x / compute limit "
               f"{res['compute_speedup'][k]:.2f}x = {100 * res['measured_over_limit'][k]:.0f}%")
     return 0

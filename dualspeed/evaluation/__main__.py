@@ -16,6 +16,7 @@ from .. import cli, provenance
 from ..models import clip_text
 from ..data.synth_tasks import TASKS
 from ..modes import INFERENCE_MODES
+from .predictor import pdrop_settings
 from .runner import run_modes
 from .synthetic import evaluate
 
@@ -35,6 +36,9 @@ def main(argv=None):
     ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     ap.add_argument("--seed", type=int, default=0, help="seeds everything random (the `random` VTP method)")
     ap.add_argument("--clip-text", default="auto", help=clip_text.EVAL_HELP)
+    ap.add_argument("--pdrop-layers", help="pdrop mode on a checkpoint trained without PyramidDrop: drop after these "
+                    "layers, e.g. 1,2,3 (a PyramidDrop checkpoint uses its own)")
+    ap.add_argument("--pdrop-lam", type=float, default=0.5, help="pdrop mode: each stage's keep ratio (with --pdrop-layers)")
     ap.add_argument("--out", help="output JSON; with several modes a template with '{mode}'")
     a = ap.parse_args(argv)
 
@@ -42,7 +46,7 @@ def main(argv=None):
         set_seed(a.seed)  # each mode draws the same random stream, as in a job of its own
         res = evaluate(a.ckpt, a.data, a.tasks.split(","), mode, a.limit or None, batch_size=a.batch_size,
                        method=a.method, ratio=a.ratio, device=a.device, dtype=a.dtype, seed=a.seed,
-                       clip_text=a.clip_text)
+                       clip_text=a.clip_text, pdrop=pdrop_settings(a.pdrop_layers, a.pdrop_lam))
         return {"point": json.loads(a.point), "checkpoint": a.ckpt, "backend": "synthetic", "mode": mode, **res,
                 "provenance": provenance.collect()}
 

@@ -13,7 +13,7 @@ from ..data.images import check_aspect, default_aspect, process_image, stack_ima
 from ..models import clip_text as clip_lib
 from ..models.checkpoint import load_exported
 from ..models.prune import Prune
-from ..modes import INFERENCE_MODES
+from ..modes import INFERENCE_MODES, PDROP_MODE
 
 
 def isolator_trained(meta: dict) -> bool:
@@ -34,6 +34,15 @@ def mode_plan(meta: dict, modes: list[str]) -> list[tuple[str, str | None]]:
     return [(m, "pruned" if (m == "pruned_noiso" and reuse) else None) for m in order]
 
 
+def pdrop_settings(layers: str | None, lam: float | str | None) -> dict | None:
+    """--pdrop-layers '1,2,3' (or '1:2:3', as lmms-eval's comma-separated model_args need) and --pdrop-lam ->
+    the settings of PyramidDrop's inference on a checkpoint trained without it; None where not given."""
+    if not layers:
+        return None
+    return {"layers": [int(x) for x in str(layers).replace(":", ",").split(",")],
+            "lam": float(lam) if lam not in (None, "") else 0.5}
+
+
 @dataclass
 class Query:
     question: str
@@ -43,7 +52,7 @@ class Query:
 class Predictor:
     def __init__(self, ckpt: str | Path, mode: str = "normal", method: str | None = None, ratio: float | None = None,
                  batch_size: int = 16, device: str = "cpu", dtype: str = "float32", max_new_tokens: int = 16,
-                 seed: int = 0, clip_text: str = "auto"):
+                 seed: int = 0, clip_text: str = "auto", pdrop: dict | None = None):
         if mode not in INFERENCE_MODES:
             raise ValueError(f"unknown inference mode '{mode}'; choose one of {', '.join(INFERENCE_MODES)}")
         torch_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
@@ -67,6 +76,12 @@ class Predictor:
             where = clip_lib.for_checkpoint(ckpt, clip_text) if "relevance" in self.prune.signals else None
             if where:
                 self.model.attach_clip_text(clip_lib.ClipText.load(where, torch_dtype), self.tokenizer)
+        if mode == PDROP_MODE:  # the checkpoint's own settings, else those given (training-free use)
+            how = self.meta.get("pdrop") or pdrop
+            if not how:
+                raise ValueError(f"{ckpt} was not trained with PyramidDrop: pass its settings (--pdrop-layers, "
+                                 "--pdrop-lam) to run the pdrop inference mode on it")
+            self.model.enable_pdrop(how["layers"], how["lam"])
         self.mode, self.batch_size, self.device, self.dtype = mode, batch_size, device, torch_dtype
         self.max_new_tokens = max_new_tokens
         self.stats = {"samples": 0, "seconds": 0.0, "visual_tokens": 0, "images": 0}
@@ -136,7 +151,8 @@ class Predictor:
         s = self.stats
         return {"samples": s["samples"], "samples_per_s": s["samples"] / s["seconds"] if s["seconds"] else None,
                 "visual_tokens_per_sample": s["visual_tokens"] / s["images"] if s["images"] else 0.0,
-                "mode": self.mode, "vtp_method": self.prune.method if self.prune else None,
+                "mode": self.mode, "pdrop": self.model.pdrop.meta() if self.model.pdrop else None,
+                "vtp_method": self.prune.method if self.prune else None,
                 "prune_ratio": self.prune.ratio if self.prune else None, "isolator": self.isolator,
                 "vtp": self.prune.plugin.provenance(self.model.signal_sources(self.prune.signals))
                 if self.prune else None}

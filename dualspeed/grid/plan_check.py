@@ -275,6 +275,8 @@ def check_batches(config: dict) -> None:
     trains = [(f"{s}.train", config[s].get("train", {})) for s in stages]
     if own:
         trains.append(("sft.train with pmod.train", {**config["sft"].get("train", {}), **own}))
+    if config.get("pdrop", {}).get("train"):  # PyramidDrop's own SFT recipe, likewise
+        trains.append(("sft.train with pdrop.train", {**config["sft"].get("train", {}), **config["pdrop"]["train"]}))
     world = train_world_size(config)
     for where, train in trains:
         t = TrainConfig()
@@ -286,6 +288,29 @@ def check_batches(config: dict) -> None:
                             f"{config['resources']['train'].get('nodes', 1)} nodes)") from None
 
 
+def check_pdrop(config: dict) -> None:
+    """PyramidDrop's settings against the LLM's depth where the config gives it (the tiny LLM), then each run config
+    of a PyramidDrop row whole (config.RunConfig.validate): what a run would refuse at its start, it refuses here,
+    naming the key (e.g. PyramidDrop and p-MoD in one run)."""
+    from ..config import TinyModelConfig, check_pdrop as check_settings, load_config
+    from .variants import all_points
+
+    m = config["model"]
+    depth = m.get("tiny", {}).get("llm_layers", TinyModelConfig().llm_layers) if m["source"] == "tiny" else None
+    try:
+        check_settings(config.get("pdrop", {}), depth)
+    except ConfigError as e:
+        raise PlanError(f"{e}{f' (model.tiny.llm_layers is {depth})' if depth else ''}") from None
+    for pt in (pt for pt in all_points(config["grid"]) if pt.settings["pdrop"]):
+        specs = ([("pretraining", recipe.pretrain_spec(config, pt))] if recipe.has_pretraining(config) else []) + \
+            [("SFT", recipe.sft_spec(config, pt))]
+        for stage, spec in specs:
+            try:
+                load_config(base=spec)
+            except ConfigError as e:
+                raise PlanError(f"the {stage} of {pt.path}: {e}") from None
+
+
 def check(config: dict, schema_path: str | Path) -> dict:
     """Everything a job will need, checked at plan time -> the config with command-line values coerced."""
     config = validate_schema(config, schema_path)
@@ -294,4 +319,5 @@ def check(config: dict, schema_path: str | Path) -> dict:
     check_local_data(config)
     check_eval_tasks(config)
     check_batches(config)
+    check_pdrop(config)
     return config

@@ -187,6 +187,7 @@ def pretrain_spec(cfg: dict, pt: Point) -> dict:
         # the grid's seed is the run's: projector init, isolator init, data order
         "train": {**copy.deepcopy(cfg["pretrain"]["train"]), "stage": "pretrain", "seed": pt.seed},
         "fastslow": {**stage_fastslow(pt, "pretrain", *_fs_defaults(cfg)), **_fs_extra(cfg)},
+        "pdrop": pdrop_block(cfg, pt),
     }
 
 
@@ -197,6 +198,8 @@ def sft_spec(cfg: dict, pt: Point) -> dict:
     own = pmod.pop("train", {})  # p-MoD's own SFT recipe (full fine-tune, LR 2e-5) where it differs
     if pt.settings["pmod"]:
         train.update(copy.deepcopy(own))
+    if pt.settings["pdrop"]:  # PyramidDrop's own SFT recipe (the 7B recipes: full fine-tune, LR 2e-5)
+        train.update(copy.deepcopy(cfg.get("pdrop", {}).get("train", {})))
     return {
         "output_dir": sft_dir(cfg, pt),
         # an SFT-only grid starts every row from the published checkpoint, its projector trained without VTP
@@ -208,7 +211,22 @@ def sft_spec(cfg: dict, pt: Point) -> dict:
         "train": train,
         "fastslow": {**stage_fastslow(pt, "sft", *_fs_defaults(cfg)), **_fs_extra(cfg)},
         "pmod": {**pmod, "enabled": pt.settings["pmod"]},
+        "pdrop": pdrop_block(cfg, pt),
     }
+
+
+def pdrop_block(cfg: dict, pt: Point) -> dict:
+    """The `pdrop` block of a run config: the config's PyramidDrop settings (its own SFT recipe left out), enabled
+    in both stages of a PyramidDrop row."""
+    pd = {k: copy.deepcopy(v) for k, v in cfg.get("pdrop", {}).items() if k != "train"}
+    return {**pd, "enabled": pt.settings["pdrop"]}
+
+
+def pdrop_eval_args(cfg: dict) -> str:
+    """The evaluation CLI's PyramidDrop settings for a checkpoint trained without it (the baseline's training-free
+    use); a PyramidDrop checkpoint runs with the settings it was trained with."""
+    pd = {"layers": [8, 16, 24], "lam": 0.5, **cfg.get("pdrop", {})}
+    return f"--pdrop-layers {','.join(str(x) for x in pd['layers'])} --pdrop-lam {pd['lam']}"
 
 
 def eval_prune(cfg: dict, pt: Point) -> tuple[str, float]:

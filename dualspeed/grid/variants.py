@@ -10,19 +10,26 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-# per variant: pretraining (prune, isolator) and SFT (prune, fast-slow, isolator, distill, p-MoD layers)
+from ..modes import PDROP_MODE
+
+# per variant: pretraining (prune, isolator) and SFT (prune, fast-slow, isolator, distill, p-MoD layers); PyramidDrop
+# drops inside the LLM in both stages
 VARIANTS = {
-    "baseline":        dict(pre_prune=False, pre_iso=False, sft_prune=False, fast_slow=False, iso=False, distill=False, pmod=False),
-    "naiveprune":      dict(pre_prune=True,  pre_iso=False, sft_prune=True,  fast_slow=False, iso=False, distill=False, pmod=False),
-    "fastslow":        dict(pre_prune=True,  pre_iso=False, sft_prune=True,  fast_slow=True,  iso=False, distill=False, pmod=False),
-    "fastslow_iso":    dict(pre_prune=True,  pre_iso=True,  sft_prune=True,  fast_slow=True,  iso=True,  distill=False, pmod=False),
-    "dualspeed":       dict(pre_prune=True,  pre_iso=True,  sft_prune=True,  fast_slow=True,  iso=True,  distill=True, pmod=False),
-    "dualspeed_noiso": dict(pre_prune=True,  pre_iso=False, sft_prune=True,  fast_slow=True,  iso=False, distill=True, pmod=False),
-    "vtp_pretrain":    dict(pre_prune=True,  pre_iso=False, sft_prune=False, fast_slow=False, iso=False, distill=False, pmod=False),
-    "vtp_sft":         dict(pre_prune=False, pre_iso=False, sft_prune=True,  fast_slow=False, iso=False, distill=False, pmod=False),
+    "baseline":        dict(pre_prune=False, pre_iso=False, sft_prune=False, fast_slow=False, iso=False, distill=False, pmod=False, pdrop=False),
+    "naiveprune":      dict(pre_prune=True,  pre_iso=False, sft_prune=True,  fast_slow=False, iso=False, distill=False, pmod=False, pdrop=False),
+    "fastslow":        dict(pre_prune=True,  pre_iso=False, sft_prune=True,  fast_slow=True,  iso=False, distill=False, pmod=False, pdrop=False),
+    "fastslow_iso":    dict(pre_prune=True,  pre_iso=True,  sft_prune=True,  fast_slow=True,  iso=True,  distill=False, pmod=False, pdrop=False),
+    "dualspeed":       dict(pre_prune=True,  pre_iso=True,  sft_prune=True,  fast_slow=True,  iso=True,  distill=True, pmod=False, pdrop=False),
+    "dualspeed_noiso": dict(pre_prune=True,  pre_iso=False, sft_prune=True,  fast_slow=True,  iso=False, distill=True, pmod=False, pdrop=False),
+    "vtp_pretrain":    dict(pre_prune=True,  pre_iso=False, sft_prune=False, fast_slow=False, iso=False, distill=False, pmod=False, pdrop=False),
+    "vtp_sft":         dict(pre_prune=False, pre_iso=False, sft_prune=True,  fast_slow=False, iso=False, distill=False, pmod=False, pdrop=False),
     # the comparison row: the baseline's pretraining, then SFT with Mixture-of-Depths layers
-    "pmod":            dict(pre_prune=False, pre_iso=False, sft_prune=False, fast_slow=False, iso=False, distill=False, pmod=True),
+    "pmod":            dict(pre_prune=False, pre_iso=False, sft_prune=False, fast_slow=False, iso=False, distill=False, pmod=True, pdrop=False),
+    # the third family: PyramidDrop's staged dropping inside the LLM in pretraining and SFT, no VTP
+    "pdrop":           dict(pre_prune=False, pre_iso=False, sft_prune=False, fast_slow=False, iso=False, distill=False, pmod=False, pdrop=True),
 }
+# both act on the LLM's layers: one run never has both (the run config refuses it too, naming the keys)
+assert not [v for v, s in VARIANTS.items() if s["pmod"] and s["pdrop"]]
 DESCRIPTIONS = {
     "baseline": "no pruning in either stage",
     "naiveprune": "VTP in both stages, always fast mode, no isolator (NaivePrune)",
@@ -33,6 +40,7 @@ DESCRIPTIONS = {
     "vtp_pretrain": "VTP only in pretraining",
     "vtp_sft": "VTP only in SFT (always fast, no isolator)",
     "pmod": "p-MoD: Mixture-of-Depths over vision tokens in SFT (TanhNorm, STRing, PRD), no VTP",
+    "pdrop": "PyramidDrop: visual tokens dropped in stages inside the LLM, ranked by attention, in both stages; no VTP",
 }
 
 
@@ -63,6 +71,8 @@ class Point:
     @property
     def pretrain_tag(self) -> str:
         s = self.settings
+        if s["pdrop"]:  # PyramidDrop drops in pretraining too: a pretraining run of its own
+            return f"pdrop_s{self.seed}"
         if not s["pre_prune"]:
             return f"full_s{self.seed}"
         return f"{self.method}_p{fmt(self.p)}_{'iso' if s['pre_iso'] else 'noiso'}_s{self.seed}"
@@ -100,7 +110,7 @@ def table_points(grid: dict) -> dict[str, list[Point]]:
     m, p, r = grid["method"], grid["p"], grid["r"]
     main = [point(v, m, p, r) for v in ("baseline", "naiveprune", "dualspeed")]
     return {
-        "main": main + [point("pmod", m, p, r)],
+        "main": main + [point("pmod", m, p, r), point("pdrop", m, p, r)],
         "mismatch": main,
         "ablation": [point(v, m, p, r) for v in ("baseline", "naiveprune", "fastslow", "fastslow_iso", "dualspeed",
                                                    "dualspeed_noiso")],
@@ -110,7 +120,9 @@ def table_points(grid: dict) -> dict[str, list[Point]]:
         "r_sweep": [point("baseline", m, p, r)] + [point("dualspeed", m, p, rr) for rr in grid["r_sweep"]],
         # training-free VTP: the baseline under pruned inference with each method (vtp_inference_paths),
         # beside DualSpeed trained with the same method
-        "vtp_inference": [point("baseline", m, p, r)] + [point("dualspeed", mm, p, r) for mm in grid["methods"]],
+        # ... and PyramidDrop used training-free on the baseline beside PyramidDrop trained (pdrop_inference_paths)
+        "vtp_inference": [point("baseline", m, p, r)] + [point("dualspeed", mm, p, r) for mm in grid["methods"]]
+        + [point("pdrop", m, p, r)],
     }
 
 
@@ -169,6 +181,17 @@ def vtp_inference_paths(grid: dict) -> dict[str, str]:
     base = baseline_row(grid).with_seed(seeds(grid)[0])
     return {mm: (metrics_relpath(base, "pruned") if mm == grid["method"] else f"vtp_inference/{mm}/p{fmt(grid['p'])}.json")
             for mm in grid["methods"]}
+
+
+def own_modes(pt: Point) -> list[str]:
+    """Inference modes a row is evaluated in beyond eval.modes: a PyramidDrop row, its own dropping inference."""
+    return [PDROP_MODE] if pt.settings["pdrop"] else []
+
+
+def pdrop_inference_path(grid: dict) -> str:
+    """The metrics file of the baseline checkpoint (first seed) under PyramidDrop's inference used training-free,
+    relative to results_dir."""
+    return metrics_relpath(baseline_row(grid).with_seed(seeds(grid)[0]), PDROP_MODE)
 
 
 def all_points(grid: dict) -> list[Point]:

@@ -72,6 +72,8 @@ def export_hf(model: DualSpeedLlava, tokenizer, processor, out_dir: str | Path, 
     prepare_tokenizer(tokenizer)
     processor_for_export(model.llava, tokenizer, processor).save_pretrained(tmp)  # tokenizer and image processor too
     extra = {"isolator.prompt": model.isolator.prompt.detach().cpu().contiguous()}
+    if model.pdrop is not None:  # no weights: the export is dense llava-hf; its dropping inference reads these
+        meta = {**meta, "pdrop": model.pdrop.meta()}
     if model.pmod is not None:
         extra.update({f"pmod.{k}": v.detach().cpu().contiguous() for k, v in model.pmod.state_dict().items()})
         meta = {**meta, "pmod": model.pmod.meta()}

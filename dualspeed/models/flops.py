@@ -88,6 +88,7 @@ class Sample:
     visual: int = 0  # visual tokens (LLaVA-NeXT: crops packed with their newline tokens); 0 = text-only
     crops: int = 0  # crops through the vision tower (LLaVA-1.5: 1 per image)
     answer: int = 0  # supervised positions: the only ones the LM head runs on
+    spans: int = 1  # supervised spans: PyramidDrop ranks with the token before each (training)
 
 
 @dataclass
@@ -160,10 +161,29 @@ def _layer(s: Shape, st: Setup, b: int, t: int, grad: bool, x_grad: bool, routed
     return fwd, bwd, rec
 
 
+def pdrop_visual(v: int, stage: int, lam: float) -> int:
+    """Visual tokens an image of v keeps in PyramidDrop's stage (0 = before the first drop): floor(v * lam^stage)."""
+    return math.floor(v * lam ** stage)
+
+
+def _pdrop_rank(s: Shape, st: Setup, batch: list[Sample], lengths: list[int], queries: list[int]) -> float:
+    """One PyramidDrop boundary's ranking, without gradient: the next layer's q and k projections over the padded
+    batch (with their LoRA products where LoRA wraps them), and each image sample's queries against every key of
+    its row (models/pdrop.py: scores)."""
+    b, t = len(batch), max(lengths)
+    f = 0.0
+    for name, o in (("q_proj", s.d), ("k_proj", s.kv_dim)):
+        f += _linear(b * t, s.d, o, False, False)[0]
+        if st.llm == "lora" and name in st.lora_targets:
+            f += _linear(b * t, s.d, st.lora_r, False, False)[0] + _linear(b * t, st.lora_r, o, False, False)[0]
+    return f + sum(2.0 * q * t * s.d for x, q in zip(batch, queries) if x.crops)
+
+
 def llm(s: Shape, st: Setup, batch: list[Sample], visual: list[int], grad: bool,
-        pmod_ratios: list | None = None) -> Flops:
+        pmod_ratios: list | None = None, pdrop: dict | None = None, queries: list[int] | None = None) -> Flops:
     """The decoder over a padded batch (visual: each sample's visual tokens in this mode) and the LM head
-    on the answer positions."""
+    on the answer positions. pdrop: {layers, lam}, its stages' shorter batches and rankings (queries: each
+    sample's query tokens, default its answer spans)."""
     out = Flops()
     b = len(batch)
     lengths = [x.text + v for x, v in zip(batch, visual)]
@@ -171,8 +191,16 @@ def llm(s: Shape, st: Setup, batch: list[Sample], visual: list[int], grad: bool,
     # the first layer's input needs a gradient when visual tokens (from the trained projector) are in it
     # or the embeddings train; past a trained LoRA or weight, every layer's does
     x_grad = any(visual) or st.llm == "full"
+    visual0 = list(visual)
     ratios = pmod_ratios or [None] * s.layers
-    for r in ratios:
+    stage, cuts = 0, set(pdrop["layers"]) if pdrop else set()
+    queries = queries or [x.spans for x in batch]
+    for i, r in enumerate(ratios):
+        if i in cuts:  # the ranking before layer i, then the stage's shorter batch
+            out.add("rank", _pdrop_rank(s, st, batch, [x.text + v for x, v in zip(batch, visual)], queries))
+            stage += 1
+            visual = [pdrop_visual(v0, stage, pdrop["lam"]) for v0 in visual0]
+            t = max(x.text + v for x, v in zip(batch, visual))
         if r is not None:  # a routed layer: router on every token, the layer on text + the top floor(r * V) vision tokens
             kept = max(x.text + math.floor(r * v) for x, v in zip(batch, visual))
             fr, gr = _linear(b * t, s.d, 1, grad, grad and x_grad)
@@ -220,23 +248,26 @@ def mode_visual(s: Shape, x: Sample, mode: str, p: float, isolator_len: int) -> 
 
 
 def forward_pass(s: Shape, st: Setup, batch: list[Sample], mode: str, p: float, isolator_len: int, grad: bool,
-                 pmod_ratios=None) -> Flops:
+                 pmod_ratios=None, pdrop: dict | None = None, queries: list[int] | None = None) -> Flops:
     out = vision(s, st, sum(x.crops for x in batch), mode.startswith("fast"), p, grad)
     out += llm(s, st, batch, [mode_visual(s, x, mode, p, isolator_len) for x in batch], grad,
-               pmod_ratios if mode == "pmod" else None)
+               pmod_ratios if mode == "pmod" else None, pdrop if mode == "pdrop" else None, queries)
     return out
 
 
 def train_step(s: Shape, st: Setup, batch: list[Sample], mode: str, p: float = 0.9, isolator_len: int = 4,
-               pmod_ratios: list | None = None, distill: bool = True) -> Flops:
+               pmod_ratios: list | None = None, distill: bool = True, pdrop: dict | None = None) -> Flops:
     """One training step of a batch in a mode: full, fast, fast_isolator, slow (full-sequence student and,
-    with distillation, its no-grad fast-with-isolator teacher) or pmod (full sequence, routed layers)."""
+    with distillation, its no-grad fast-with-isolator teacher), pmod (full sequence, routed layers) or pdrop
+    (full sequence, PyramidDrop's stages; pdrop = {layers, lam})."""
     if mode not in STEP_KINDS:
         raise ValueError(f"unknown step kind {mode!r}; expected one of {', '.join(STEP_KINDS)}")
     if mode == "pmod" and not pmod_ratios:
         raise ValueError("mode 'pmod' needs pmod_ratios (dualspeed.models.pmod.prd_ratios(layers))")
+    if mode == "pdrop" and not pdrop:
+        raise ValueError("mode 'pdrop' needs pdrop={'layers': [...], 'lam': ...}")
     if mode != "slow":
-        return forward_pass(s, st, batch, mode, p, isolator_len, True, pmod_ratios)
+        return forward_pass(s, st, batch, mode, p, isolator_len, True, pmod_ratios, pdrop)
     out = forward_pass(s, st, batch, "full", p, isolator_len, True)
     if distill:
         teacher = forward_pass(s, st, batch, "fast_isolator", p, isolator_len, False)
@@ -246,16 +277,21 @@ def train_step(s: Shape, st: Setup, batch: list[Sample], mode: str, p: float = 0
 
 
 def prefill(s: Shape, sample: Sample, mode: str = "normal", p: float = 0.9, isolator_len: int = 0,
-            pmod_ratios: list | None = None, attn: str = "sdpa", kv_bytes: int = 2) -> dict:
+            pmod_ratios: list | None = None, attn: str = "sdpa", kv_bytes: int = 2, pdrop: dict | None = None) -> dict:
     """Inference of one sample: prefill FLOPs (the LM head on the last position only, as generation does)
-    and the KV-cache bytes it leaves. mode: normal | pruned | pmod."""
+    and the KV-cache bytes it leaves. mode: normal | pruned | pmod | pdrop (the last prompt token ranks)."""
     st = Setup(llm="frozen", attn=attn)
     one = Sample(sample.text, sample.visual, sample.crops, answer=1)
-    m = {"normal": "full", "pruned": "fast_isolator" if isolator_len else "fast", "pmod": "pmod"}[mode]
-    f = forward_pass(s, st, [one], m, p, isolator_len, False, pmod_ratios)
+    m = {"normal": "full", "pruned": "fast_isolator" if isolator_len else "fast", "pmod": "pmod", "pdrop": "pdrop"}[mode]
+    if mode == "pdrop" and not pdrop:
+        raise ValueError("mode 'pdrop' needs pdrop={'layers': [...], 'lam': ...}")
+    f = forward_pass(s, st, [one], m, p, isolator_len, False, pmod_ratios, pdrop, queries=[1])
     t_full = one.text + mode_visual(s, one, m, p, isolator_len)
     per_layer = [t_full if (r is None or mode != "pmod") else one.text + math.floor(r * one.visual)
                  for r in (pmod_ratios or [None] * s.layers)]
+    if mode == "pdrop":
+        stages = [sum(1 for c in pdrop["layers"] if c <= i) for i in range(s.layers)]
+        per_layer = [one.text + pdrop_visual(one.visual, k, pdrop["lam"]) for k in stages]
     return {"flops": f.total, "llm_flops": f.parts["llm"], "parts": dict(f.parts), "kv_tokens": per_layer,
             "kv_cache_bytes": sum(per_layer) * 2 * s.kv_dim * kv_bytes}
 
@@ -270,16 +306,25 @@ def anyres_visual(patches: int, grid_h: int, grid_w: int) -> tuple[int, int]:
 def variants(step: dict[str, float], r: float) -> dict[str, float]:
     """Per-variant expected cost per step from per-mode costs, as dualspeed.bench composes step times."""
     return {"baseline": step["full"], "naiveprune": step["fast"],
-            "dualspeed": (1 - r) * step["fast_isolator"] + r * step.get("slow", 0.0), "pmod": step["pmod"]}
+            "dualspeed": (1 - r) * step["fast_isolator"] + r * step.get("slow", 0.0), "pmod": step["pmod"],
+            "pdrop": step["pdrop"]}
+
+
+def default_pdrop(layers: int) -> dict:
+    """PyramidDrop's published split at a depth: boundaries at 1/4, 1/2, 3/4 (8, 16, 24 of 32; 1, 2, 3 of 4)."""
+    cuts = sorted({max(1, min(layers - 1, round(layers * k / 4))) for k in (1, 2, 3)})
+    return {"layers": cuts, "lam": 0.5}
 
 
 def compute_speedups(s: Shape, st: Setup, batch: list[Sample], p: float, r: float, isolator_len: int = 4,
-                     pmod_ratios: list | None = None) -> dict:
+                     pmod_ratios: list | None = None, pdrop: dict | None = None) -> dict:
     """Per-mode step FLOPs and the compute-limit speedup of each variant over the baseline."""
     from .pmod import prd_ratios
 
     ratios = pmod_ratios or prd_ratios(s.layers)
-    steps = {m: train_step(s, st, batch, m, p, isolator_len, ratios) for m in STEP_KINDS}
+    pdrop = pdrop or default_pdrop(s.layers)
+    steps = {m: train_step(s, st, batch, m, p, isolator_len, ratios, pdrop=pdrop) for m in STEP_KINDS}
     per = variants({m: f.total for m, f in steps.items()}, r)
     return {"mode_flops": {m: f.as_dict() for m, f in steps.items()}, "variant_flops": per,
-            "compute_speedup": {k: per["baseline"] / v for k, v in per.items()}, "pmod_ratios": ratios}
+            "compute_speedup": {k: per["baseline"] / v for k, v in per.items()}, "pmod_ratios": ratios,
+            "pdrop": pdrop}

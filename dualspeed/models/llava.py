@@ -26,6 +26,7 @@ from transformers.utils import ModelOutput
 from .. import vtp
 from ..data.conversation import IMAGE_TOKEN
 from ..vtp.base import SOURCE_CLIP, SOURCE_LLM
+from . import pdrop as pdrop_lib
 from . import pmod as pmod_lib
 from . import signals as signal_lib
 from .clip_text import ClipText
@@ -71,6 +72,8 @@ class DualSpeedLlava(nn.Module):
         self.train_vision = False
         self.anyres = isinstance(llava, LlavaNextForConditionalGeneration)
         self.pmod: pmod_lib.PMoD | None = None  # p-MoD routers when enabled (enable_pmod)
+        # PyramidDrop's settings while it drops (enable_pdrop); no weights, so None runs the same model dense
+        self.pdrop: pdrop_lib.PDrop | None = None
         # CLIP's text side for the relevance signal (attach_clip_text); a plain attribute, not a submodule
         self.clip_text: ClipText | None = None
 
@@ -84,6 +87,13 @@ class DualSpeedLlava(nn.Module):
         ref = self.llava.lm_head.weight
         self.pmod = pmod_lib.PMoD(self.config.text_config.hidden_size, ratios, alpha, beta).to(ref.device, ref.dtype)
         return self.pmod
+
+    def enable_pdrop(self, layers, lam: float = 0.5) -> pdrop_lib.PDrop:
+        """Drop visual tokens inside the LLM from now on: after each of `layers`, keep lam of the previous stage's."""
+        if self.pmod is not None:
+            raise ValueError("PyramidDrop and p-MoD cannot run in one model: both act on the LLM's layers")
+        self.pdrop = pdrop_lib.PDrop(tuple(layers), float(lam)).check(self.config.text_config.num_hidden_layers)
+        return self.pdrop
 
     def attach_clip_text(self, clip: ClipText, tokenizer) -> ClipText:
         """Score the relevance signal in CLIP's joint space from now on (see models/clip_text.py)."""
@@ -232,6 +242,8 @@ class DualSpeedLlava(nn.Module):
                                               max_length=self.max_length)
         if self.pmod is not None:
             hidden, _ = pmod_lib.prefill(self.language_model, self.pmod, embeds, mask, vis)
+        elif self.pdrop is not None:  # the rebuilt batch has its own labels: the kept tokens' ones
+            hidden, labs, _ = pdrop_lib.forward(self.language_model, self.pdrop, embeds, mask, labs, vis)
         else:
             hidden = self.language_model(inputs_embeds=embeds, attention_mask=mask, use_cache=False).last_hidden_state
         lm_head = self.llava.lm_head
@@ -256,6 +268,10 @@ class DualSpeedLlava(nn.Module):
                                     image_sizes)
         # splice expects right padding: move each row's tokens to the front first
         ids, mask = _left_to_right(input_ids, attention_mask)
+        if self.pdrop is not None:  # PyramidDrop ranks and rebuilds right-padded sequences
+            embeds, mask, _, vis = self.splice(ids, mask, labels, visual, has_image)
+            out = pdrop_lib.greedy(self, self.pdrop, embeds, mask, vis, max_new_tokens, eos_token_id, pad_token_id)
+            return out, _count(visual)
         embeds, mask, _, vis = self.splice(ids, mask, labels, visual, has_image, pad_left=True)
         if self.pmod is not None:  # routed prefill: each MoD layer caches only the tokens it kept
             out = pmod_lib.greedy(self, embeds, mask, vis, max_new_tokens, eos_token_id, pad_token_id)

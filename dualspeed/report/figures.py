@@ -90,14 +90,15 @@ def pareto(cfg: dict, ax):
         allxy += [(d["x"], d["y"]) for d in ds]
         _scatter(ax, ds, marker, 7, f"DualSpeed, {label}")
         labels.update({pt: (d["x"], d["y"]) for d, pt in zip(ds, pts)})  # the default point is in both: one label
-    for v, marker in (("baseline", "*"), ("naiveprune", "X"), ("pmod", "D")):
+    other = {"pmod": "p-MoD", "pdrop": "PyramidDrop"}  # the comparison families, off the frontier
+    for v, marker in (("baseline", "*"), ("naiveprune", "X"), ("pmod", "D"), ("pdrop", "^")):
         pt = next((p for p in tp["main"] if p.variant == v), None)
         if pt is None:
             continue
         d = _xy(sc, pt)
-        if v != "pmod":  # the frontier is over this paper's own variants; p-MoD is the comparison point
+        if v not in other:  # the frontier is over this paper's own variants
             allxy.append((d["x"], d["y"]))
-        _scatter(ax, [d], marker, 11 if v != "pmod" else 8, "p-MoD" if v == "pmod" else v)
+        _scatter(ax, [d], marker, 11 if v not in other else 8, other.get(v, v))
     front = pareto_front(allxy)
     ax.plot([x for x, _ in front], [y for _, y in front], "k--", lw=1, label="Pareto frontier (compute speedup)")
     ref = paper_reference()["pareto_point_llava_next" if is_llava_next(cfg) else "pareto_point"]

@@ -14,7 +14,9 @@ import yaml
 
 from .. import cli
 from ..grid.recipe import has_pretraining
-from ..grid.variants import DESCRIPTIONS, PRETRAINING_TABLES, table_points, vtp_inference_paths
+from ..grid.variants import (DESCRIPTIONS, PRETRAINING_TABLES, own_modes, pdrop_inference_path, table_points,
+                             vtp_inference_paths)
+from ..modes import PDROP_MODE
 from .collect import Scorer, metrics, sft_only_note, vtp_metrics
 from .stats import Stat, diff, stat
 
@@ -26,7 +28,12 @@ COMPUTE = ("Compute speedup = baseline training FLOPs / variant FLOPs (dualspeed
 PAPER = "Columns marked 'paper' are the published LLaVA-1.5-7B numbers; '-' where the paper reports none."
 PMOD = ("p-MoD's paper numbers are its average score over the baseline's (the paper gives averages only) and "
         "1 / its fraction of the baseline's training GPU hours.")
-PAPER_NEXT = ("Columns marked 'paper' are the published LLaVA-NeXT-7B numbers (DualSpeed's and p-MoD's); "
+PDROP = ("PyramidDrop's paper numbers are the mean of its five benchmark scores over its vanilla row's (which equals "
+         "LLaVA-1.5's published one) and its 104 -> 79 training GPU hours. 'PyramidDrop inference %' is a row under "
+         "PyramidDrop's own dropping inference (the settings it trained with); its other columns are under normal "
+         "(dense) inference.")
+PAPER_NEXT = ("Columns marked 'paper' are the published LLaVA-NeXT-7B numbers (DualSpeed's, p-MoD's and PyramidDrop's "
+              "training time); "
               "'-' where the paper reports none.")
 PAPER_NEXT_ABLATIONS = ("Columns marked 'paper' are the published LLaVA-1.5-7B numbers: the paper reports this "
                         "table for LLaVA-1.5 only.")
@@ -45,10 +52,11 @@ def _main_reference(ref: dict, cfg: dict) -> dict:
     if not is_llava_next(cfg):
         return ref["main"]
     return {"baseline": ref["main"]["baseline"], "dualspeed": ref["main"]["dualspeed_llava_next"],
-            "pmod": ref["main"]["pmod_llava_next"]}
+            "pmod": ref["main"]["pmod_llava_next"], "pdrop": ref["main"]["pdrop_llava_next"]}
 
 
-_FIXED_LABELS = {"baseline": "baseline", "pmod": "p-MoD (PRD, no VTP)"}  # variants without a method, p or r
+_FIXED_LABELS = {"baseline": "baseline", "pmod": "p-MoD (PRD, no VTP)",  # variants without a method, p or r
+                 "pdrop": "PyramidDrop (no VTP)"}
 
 
 def _label(pt) -> str:
@@ -93,7 +101,9 @@ def build(cfg: dict, name: str) -> tuple[pd.DataFrame, str]:
         for pt in pts:
             sp = sc.speed_stats(pt)
             rows.append({"run": _label(pt), "seeds": _seeds(sc, pt), **_score_stats(cfg, sc, pt),
-                         "rel. perf. %": sc.rel_stat(pt), "pretrain s": sp["pretrain_s"], "SFT s": sp["sft_s"],
+                         "rel. perf. %": sc.rel_stat(pt),
+                         "PyramidDrop inference %": sc.rel_stat(pt, PDROP_MODE) if own_modes(pt) else None,
+                         "pretrain s": sp["pretrain_s"], "SFT s": sp["sft_s"],
                          "speedup pretrain": sp["speedup_pretrain"], "speedup SFT": sp["speedup_sft"],
                          "speedup overall": sp["speedup_overall"], "compute speedup SFT": sp["compute_speedup_sft"],
                          "compute speedup overall": sp["compute_speedup_overall"],
@@ -102,7 +112,7 @@ def build(cfg: dict, name: str) -> tuple[pd.DataFrame, str]:
                          "paper speedup": main_ref.get(pt.variant, {}).get("speedup_overall")})
         caption = (f"Main results (normal inference). {REL} {SPD} {COMPUTE} Peak memory: the largest SFT step's "
                    f"(CUDA: allocated; CPU: the process's peak RSS). {SEEDS} "
-                   f"{PAPER_NEXT if is_llava_next(cfg) else PAPER} {PMOD}")
+                   f"{PAPER_NEXT if is_llava_next(cfg) else PAPER} {PMOD} {PDROP}")
     elif name == "mismatch":
         for pt in pts:
             row = {"run": _label(pt), "seeds": _seeds(sc, pt)}
@@ -170,9 +180,22 @@ def _vtp_inference(cfg: dict, pts, sc: Scorer) -> tuple[list[dict], str]:
                      "DualSpeed seeds": _seeds(sc, trained[method]),
                      "DualSpeed pruned %": sc.rel_stat(trained[method], "pruned"),
                      "DualSpeed normal %": sc.rel_stat(trained[method], "normal")})
+    pdrop = next((pt for pt in pts if pt.variant == "pdrop"), None)
+    if pdrop is not None:  # the in-LLM family: used training-free on the baseline, beside PyramidDrop trained
+        path = pdrop_inference_path(g)
+        m = vtp_metrics(cfg, path)
+        rows.append({"method": "PyramidDrop (in the LLM)", "kind": "in-LLM drop",
+                     "visual tokens": m.get("visual_tokens_per_sample"),
+                     "baseline pruned %": sc.rel_perf_of(m["scores"], path),
+                     "DualSpeed seeds": _seeds(sc, pdrop), "DualSpeed pruned %": sc.rel_stat(pdrop, PDROP_MODE),
+                     "DualSpeed normal %": sc.rel_stat(pdrop, "normal")})
     caption = (f"VTP methods at p={g['p']:g}: training-free (the baseline checkpoint of the first seed under pruned "
                f"inference, the classic comparison) beside DualSpeed trained with the same method, under the same "
                f"pruned inference and under normal inference. {REL} {SEEDS}")
+    if pdrop is not None:
+        caption += (" The PyramidDrop row: the baseline checkpoint under PyramidDrop's dropping inference (training-"
+                    "free), beside the PyramidDrop row trained with it, under the same dropping inference ('pruned' "
+                    "columns) and under normal inference; its 'visual tokens' are those fed to the LLM's first stage.")
     return rows, caption
 
 

@@ -109,6 +109,8 @@ def run(cfg: RunConfig, force: bool = False) -> dict:
     if cfg.pmod.enabled:
         pm = cfg.pmod
         log.info("p-MoD ratios per layer: %s", model.enable_pmod(pm.dense_above, pm.floor, pm.alpha, pm.beta).ratios)
+    if cfg.pdrop.enabled:  # checked against the loaded LLM's depth here (a tiny LLM's at plan time too)
+        log.info("PyramidDrop: %s", model.enable_pdrop(cfg.pdrop.layers, cfg.pdrop.lam).meta())
     # the previous stage's isolator (and routers) continue here rather than restart from a fresh init
     carried = carry_extras(model, cfg.model.path) if cfg.model.source == "llava" else []
     if carried:

@@ -13,11 +13,13 @@ def samples(inputs: dict, crops: list[int], visual: list[int]) -> list[Sample]:
     for b in range(mask.shape[0]):
         text = int(mask[b].sum()) - int(bool(has_image[b]))  # the placeholder is replaced
         answer = int((labels[b, 1:] != -100).sum())
+        sup = (labels[b] != -100).long()
+        spans = int((sup[1:] > sup[:-1]).sum())  # supervised spans (PyramidDrop ranks with the token before each)
         if bool(has_image[b]):
-            out.append(Sample(text, visual[img], crops[img], answer))
+            out.append(Sample(text, visual[img], crops[img], answer, spans))
             img += 1
         else:
-            out.append(Sample(text, answer=answer))
+            out.append(Sample(text, answer=answer, spans=spans))
     return out
 
 
@@ -33,6 +35,7 @@ class StepCounter:
                            attn="eager" if eager else "sdpa", prune_method=fs.method)
         self.p, self.iso, self.distill = fs.ratio, fs.isolator_len if fs.isolator else 0, fs.distill
         self.ratios = model.pmod.ratios if model.pmod is not None else None
+        self.pdrop = model.pdrop.meta() if model.pdrop is not None else None
 
     def step(self, model, inputs: dict, mode: str, full_visual: int) -> float:
         """mode: the trainer's (full, fast, slow); full_visual: visual tokens of the batch's full-sequence
@@ -45,6 +48,7 @@ class StepCounter:
         else:
             visual = [round(full_visual * c / sum(crops)) for c in crops]
         # the step kind this training mode runs as
-        m = {FULL: "pmod" if self.ratios else "full", FAST: "fast_isolator" if self.iso else "fast", SLOW: "slow"}[mode]
+        full = "pmod" if self.ratios else ("pdrop" if self.pdrop else "full")
+        m = {FULL: full, FAST: "fast_isolator" if self.iso else "fast", SLOW: "slow"}[mode]
         return train_step(self.shape, self.setup, samples(inputs, crops, visual), m, self.p, self.iso, self.ratios,
-                          self.distill).total
+                          self.distill, pdrop=self.pdrop).total

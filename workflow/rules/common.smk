@@ -13,6 +13,7 @@ from dualspeed import launch
 from dualspeed.grid import plan_check, recipe
 from dualspeed.grid.variants import (VARIANTS, all_points, all_tables, baseline_row, fmt,
                                      metrics_relpath, point, point_seeds, seeds, vtp_inference_paths)
+from dualspeed.grid.variants import own_modes, pdrop_inference_path
 from dualspeed.modes import INFERENCE_MODES
 
 # command-line values coerced to the schema's types; key path, value and what is allowed on the
@@ -126,6 +127,10 @@ def table_inputs(name):
            "timing": [timing_path(pt) for pt in pts] + [pretrain_timing(pt) for pt in pts if HAS_PRETRAINING]}
     if name == "vtp_inference":
         out["metrics"] = sorted(set(out["metrics"]) | {f"{RES}/{path}" for path in vtp_inference_paths(GRID).values()})
+    # a PyramidDrop row's own dropping inference; the baseline's training-free use of it (the methods table)
+    own = {metrics_path(pt, m) for pt in pts for m in own_modes(pt)}
+    own |= {f"{RES}/{pdrop_inference_path(GRID)}"} if name == "vtp_inference" else set()
+    out["metrics"] = sorted(set(out["metrics"]) | own)
     return out
 
 

@@ -59,3 +59,30 @@ rule evaluate_vtp:
         "OMP_NUM_THREADS={threads} {params.cmd} --ckpt {params.ckpt} --mode pruned --method {wildcards.method} "
         "--ratio {params.ratio} --seed {params.seed} --clip-text {params.clip:q} --point {params.point:q} "
         "--out {output.metrics} > {log} 2>&1"
+
+
+# PyramidDrop's own inference (the LLM dropping visual tokens in stages): each PyramidDrop row with the settings it
+# trained with, and the baseline's checkpoint used training-free with the config's pdrop settings.
+rule evaluate_pdrop:
+    input:
+        unpack(eval_inputs),
+    output:
+        metrics=f"{RES}/metrics/{{variant}}/{{method}}/p{{p}}/r{{r}}/s{{seed}}/pdrop.json",
+    params:
+        e=eval_params,
+        cmd=eval_command(),
+        pdrop=recipe.pdrop_eval_args(config),
+    conda:
+        "../../environment.yml"
+    log:
+        f"logs/{RECIPE}/eval/{{variant}}/{{method}}/p{{p}}/r{{r}}/s{{seed}}.pdrop.log",
+    benchmark:
+        f"benchmarks/{RECIPE}/eval/{{variant}}/{{method}}/p{{p}}/r{{r}}/s{{seed}}.pdrop.tsv"
+    group:
+        "eval"
+    threads: THREADS["eval"]
+    resources:
+        **res("eval", "eval"),
+    shell:
+        "OMP_NUM_THREADS={threads} {params.cmd} --ckpt {params.e[ckpt]} --mode pdrop {params.pdrop} "
+        "--seed {wildcards.seed} --point {params.e[point]:q} --out {output.metrics} > {log} 2>&1"

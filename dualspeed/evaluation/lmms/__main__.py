@@ -31,6 +31,8 @@ def main(argv=None):
     ap.add_argument("--limit", type=int, default=0)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--clip-text", default="auto", help=clip_text.EVAL_HELP)
+    ap.add_argument("--pdrop-layers", help="pdrop mode on a checkpoint trained without PyramidDrop, e.g. 1,2,3")
+    ap.add_argument("--pdrop-lam", type=float, default=0.5)
     ap.add_argument("--point", default="{}")
     ap.add_argument("--out", required=True, help="output JSON; with several modes a template with '{mode}'")
     a = ap.parse_args(argv)

@@ -24,7 +24,7 @@ from lmms_eval.api.model import lmms
 from tqdm import tqdm
 
 from ...modes import INFERENCE_MODES
-from ..predictor import Predictor, Query
+from ..predictor import Predictor, Query, pdrop_settings
 
 
 class _Holder:
@@ -39,7 +39,8 @@ class DualSpeedLMM(lmms):
 
     def __init__(self, pretrained: str, mode: str = "normal", method: str | None = None, ratio: float | None = None,
                  batch_size: int = 16, device: str = "cpu", dtype: str = "float32", max_new_tokens: int = 16,
-                 stats_out: str = "", seed: int = 0, clip_text: str = "auto", **kwargs):
+                 stats_out: str = "", seed: int = 0, clip_text: str = "auto", pdrop_layers: str = "",
+                 pdrop_lam: float | str = 0.5, **kwargs):
         super().__init__()
         if not (Path(pretrained) / "config.json").is_file():
             raise FileNotFoundError(f"dualspeed_llava: no checkpoint at '{pretrained}' (expected <run>/hf with config.json)")
@@ -51,7 +52,7 @@ class DualSpeedLMM(lmms):
                                       ratio=float(ratio) if ratio not in (None, "") else None,
                                       batch_size=int(batch_size), device=device, dtype=dtype,
                                       max_new_tokens=int(max_new_tokens), seed=int(seed),
-                                      clip_text=clip_text))
+                                      clip_text=clip_text, pdrop=pdrop_settings(pdrop_layers, pdrop_lam)))
         self.batch_size_per_gpu = int(batch_size)
         self._stats_out = stats_out
 

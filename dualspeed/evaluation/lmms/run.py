@@ -53,6 +53,8 @@ def run(a, mode: str, out: str) -> dict:
     # batch_size and device reach the model through lmms-eval's own --batch_size / --device
     model_args = [f"pretrained={a.ckpt}", f"mode={mode}", f"dtype={a.dtype}", f"stats_out={stats}", f"seed={a.seed}",
                   f"clip_text={a.clip_text}"]
+    if getattr(a, "pdrop_layers", None):  # lmms-eval splits model_args on commas
+        model_args += [f"pdrop_layers={a.pdrop_layers.replace(',', ':')}", f"pdrop_lam={a.pdrop_lam}"]
     if a.method:
         model_args.append(f"method={a.method}")
     if a.ratio is not None:
