@@ -24,6 +24,8 @@ import torch
 from transformers import DynamicCache
 from transformers.models.llama.modeling_llama import apply_rotary_pos_emb, repeat_kv
 
+from . import greedy as greedy_lib
+
 QUERY_ANSWERS, QUERY_LAST = "answers", "last"  # the two ways of choosing the ranking queries
 
 
@@ -192,24 +194,14 @@ def decode_step(lm, pdrop: PDrop, x, lengths: list[torch.Tensor], step: int, key
 def greedy(model, pdrop: PDrop, embeds, mask, vision, max_new_tokens: int, eos_token_id, pad_token_id):
     """Greedy decoding of a right-padded batch: the prefill drops (the last prompt token ranks), decoding
     reads each layer's shortened cache -> new ids [B, <=max_new]."""
-    cache, lm_head = DynamicCache(), model.llava.lm_head
+    cache = DynamicCache()
     hidden, _, key_valid = forward(model.language_model, pdrop, embeds, mask, None, vision, QUERY_LAST, cache)
     stages = [0] + [b for b in pdrop.layers]
     lengths = [key_valid[s].sum(1) for s in stages]  # real tokens each stage holds
     last = lengths[-1] - 1
-    eos = set([eos_token_id] if isinstance(eos_token_id, int) else (eos_token_id or []))
-    done = torch.zeros(embeds.shape[0], dtype=torch.bool, device=embeds.device)
-    out = []
-    logits = lm_head(hidden[torch.arange(hidden.shape[0]), last])[:, None]
-    for step in range(max_new_tokens):
-        tok = logits[:, -1].argmax(-1)
-        tok = torch.where(done, torch.full_like(tok, pad_token_id if pad_token_id is not None else 0), tok)
-        out.append(tok)
-        if eos:
-            done |= torch.isin(tok, torch.tensor(sorted(eos), device=tok.device))
-        if bool(done.all()) or step == max_new_tokens - 1:
-            break
-        hidden = decode_step(model.language_model, pdrop, model.embed_tokens(tok[:, None]), lengths, step, key_valid,
-                             cache)
-        logits = lm_head(hidden)
-    return torch.stack(out, dim=1)
+
+    def step(x, i):
+        return decode_step(model.language_model, pdrop, x, lengths, i, key_valid, cache)
+
+    first = model.llava.lm_head(hidden[torch.arange(hidden.shape[0]), last])[:, None]
+    return greedy_lib.decode(model, first, step, max_new_tokens, eos_token_id, pad_token_id)

@@ -19,6 +19,8 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 from transformers import DynamicCache
 
+from . import greedy as greedy_lib
+
 
 def prd_ratios(n_layers: int, dense_above: float = 0.85, floor: float = 0.15) -> list[float | None]:
     """Progressive ratio decay: keep ratio per layer, None for a dense layer.
@@ -133,22 +135,12 @@ def decode_step(lm, x, pos, kept: list[torch.Tensor], cache: DynamicCache):
 def greedy(model, embeds, mask, vision, max_new_tokens: int, eos_token_id, pad_token_id):
     """Greedy decoding of a left-padded batch by a p-MoD DualSpeedLlava: routed prefill, then cached
     decode -> new ids [B, <=max_new]."""
-    cache, lm_head = DynamicCache(), model.llava.lm_head
+    cache = DynamicCache()
     hidden, kept = prefill(model.language_model, model.pmod, embeds, mask, vision, cache)
-    pos = mask.long().sum(1, keepdim=True) - 1
-    eos = set([eos_token_id] if isinstance(eos_token_id, int) else (eos_token_id or []))
-    done = torch.zeros(embeds.shape[0], dtype=torch.bool, device=embeds.device)
-    out = []
-    logits = lm_head(hidden[:, -1:])
-    for step in range(max_new_tokens):
-        tok = logits[:, -1].argmax(-1)
-        tok = torch.where(done, torch.full_like(tok, pad_token_id if pad_token_id is not None else 0), tok)
-        out.append(tok)
-        if eos:
-            done |= torch.isin(tok, torch.tensor(sorted(eos), device=tok.device))
-        if bool(done.all()) or step == max_new_tokens - 1:
-            break
-        pos = pos + 1
-        hidden = decode_step(model.language_model, model.embed_tokens(tok[:, None]), pos, kept, cache)
-        logits = lm_head(hidden)
-    return torch.stack(out, dim=1)
+    pos = mask.long().sum(1, keepdim=True) - 1  # left-padded: every sample's last prompt token is the last column
+
+    def step(x, i):
+        return decode_step(model.language_model, x, pos + 1 + i, kept, cache)
+
+    return greedy_lib.decode(model, model.llava.lm_head(hidden[:, -1:]), step, max_new_tokens, eos_token_id,
+                             pad_token_id)
