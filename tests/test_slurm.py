@@ -41,7 +41,7 @@ argv = sys.argv[1:]
 with open(os.path.join(rec, "srun.jsonl"), "a") as f:
     f.write(json.dumps(argv) + "\\n")
 if "dualspeed.launch" in argv:
-    cmd = argv[argv.index("python"):]
+    cmd = argv[argv.index("dualspeed.launch") - 2:]  # <the workflow's python> -m dualspeed.launch ...
     cmd.insert(cmd.index("dualspeed.launch") + 1, "--dry-run")
     for task in range(2):
         env = {**os.environ, "SLURM_STEP_NODELIST": "gpu-[01-02]", "SLURM_STEP_NUM_NODES": "2", "SLURM_NNODES": "2",
@@ -126,10 +126,10 @@ def test_a_two_node_sft_job_asks_for_two_nodes_of_eight_gpus_and_runs_one_torchr
     # the job step runs the rule's command as is (mpi): the one srun is ours, over both nodes, one task each
     assert len(sruns) == 1, (sruns, batch_log[-3000:])
     srun = sruns[0]
-    assert srun[:srun.index("python")] == ["--nodes=2", "--ntasks=2", "--ntasks-per-node=1", "--cpus-per-task=64",
-                                           "--kill-on-bad-exit=1"]
-    assert srun[srun.index("python"):srun.index("--spec")] == [
-        "python", "-m", "dualspeed.launch", "--nnodes", "2", "--nproc-per-node", "8", "-m", "dualspeed.train"]
+    assert srun[:srun.index(PY)] == ["--nodes=2", "--ntasks=2", "--ntasks-per-node=1", "--cpus-per-task=64",
+                                     "--kill-on-bad-exit=1"]
+    assert srun[srun.index(PY):srun.index("--spec")] == [  # the workflow's interpreter, not PATH's python
+        PY, "-m", "dualspeed.launch", "--nnodes", "2", "--nproc-per-node", "8", "-m", "dualspeed.train"]
     spec = json.loads(srun[srun.index("--spec") + 1])
     assert spec["train"]["global_batch_size"] == 128 and spec["train"]["batch_size"] == 8
     # each node's agent: torchrun over 2 nodes x 8 processes, meeting at the first node under the job's id
@@ -157,12 +157,14 @@ def test_a_one_node_job_keeps_the_gpu_count_and_the_job_steps_srun(tmp_path):
 
 
 def test_the_rules_command_for_one_and_many_nodes():
-    assert launch.command(1, 0, 4) == "python -m"
-    assert launch.command(1, 1, 4) == "python -m"
-    assert launch.command(1, 8, 64) == "torchrun --standalone --nproc_per_node=8 -m"
+    py = shlex.quote(PY)  # the interpreter running the workflow, never PATH's python or torchrun
+    assert launch.command(1, 0, 4) == f"{py} -m"
+    assert launch.command(1, 1, 4) == f"{py} -m"
+    assert launch.command(1, 8, 64) == f"{py} -m torch.distributed.run --standalone --nproc_per_node=8 -m"
     assert launch.command(4, 8, 64) == ("srun --nodes=4 --ntasks=4 --ntasks-per-node=1 --cpus-per-task=64 "
-                                        "--kill-on-bad-exit=1 python -m dualspeed.launch --nnodes 4 "
+                                        f"--kill-on-bad-exit=1 {py} -m dualspeed.launch --nnodes 4 "
                                         "--nproc-per-node 8 -m")
+    assert launch.command(1, 0, 4, python="/opt/my env/bin/python") == "'/opt/my env/bin/python' -m"
 
 
 def test_outside_slurm_the_rendezvous_comes_from_the_environment():

@@ -14,7 +14,7 @@ if config["data"]["kind"] == "synthetic":
         log:
             f"logs/{RECIPE}/synthesize.log",
         shell:
-            "python -m dualspeed.data synth --out {params.root} {params.args} > {log} 2>&1"
+            "{PY} -m dualspeed.data synth --out {params.root} {params.args} > {log} 2>&1"
 
 elif config["data"]["kind"] == "local":
     # Your own data, on disk: the data check of every file, your benchmarks as lmms-eval tasks, and for the tiny
@@ -36,7 +36,7 @@ elif config["data"]["kind"] == "local":
         log:
             f"logs/{RECIPE}/prepare_local.log",
         shell:
-            "python -m dualspeed.data local --out {params.root:q} {params.args} > {log} 2>&1"
+            "{PY} -m dualspeed.data local --out {params.root:q} {params.args} > {log} 2>&1"
 
 if config["data"]["kind"] in DOWNLOADS["sets"]:
     # Real data: every file listed in config/downloads.yaml, fetched with resume and checked against
@@ -57,7 +57,7 @@ if config["data"]["kind"] in DOWNLOADS["sets"]:
             runtime=lambda wc, attempt: 240 * attempt,
         retries: 3
         shell:
-            "python -m dualspeed.data fetch file --entry {params.entry:q} --stamp {output} > {log} 2>&1"
+            "{PY} -m dualspeed.data fetch file --entry {params.entry:q} --stamp {output} > {log} 2>&1"
 
 
 if config["data"]["kind"] != "synthetic":
@@ -77,5 +77,5 @@ if config["data"]["kind"] != "synthetic":
             runtime=lambda wc, attempt: 120 * attempt,
         retries: 3
         shell:
-            "python -m dualspeed.data fetch benchmark --entry {params.entry:q} --cache resources/hf_home "
+            "{PY} -m dualspeed.data fetch benchmark --entry {params.entry:q} --cache resources/hf_home "
             "--stamp {output} > {log} 2>&1"

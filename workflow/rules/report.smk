@@ -23,7 +23,7 @@ rule table:
     log:
         f"logs/{RECIPE}/report/table_{{table}}.log",
     shell:
-        "python -m dualspeed.report.tables --config-json {params.cfg:q} --table {wildcards.table} "
+        "{PY} -m dualspeed.report.tables --config-json {params.cfg:q} --table {wildcards.table} "
         "--out {params.prefix} > {log} 2>&1"
 
 
@@ -47,5 +47,5 @@ rule figure:
     log:
         f"logs/{RECIPE}/report/figure_{{figure}}.log",
     shell:
-        "python -m dualspeed.report.figures --config-json {params.cfg:q} --figure {wildcards.figure} "
+        "{PY} -m dualspeed.report.figures --config-json {params.cfg:q} --figure {wildcards.figure} "
         "--out {params.prefix} > {log} 2>&1"

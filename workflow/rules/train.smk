@@ -24,7 +24,7 @@ if config["model"]["source"] == "tiny":
         resources:
             **res("train", "standin"),
         shell:
-            "OMP_NUM_THREADS={threads} python -m dualspeed.train.standin --spec {params.spec:q} > {log} 2>&1"
+            "OMP_NUM_THREADS={threads} {PY} -m dualspeed.train.standin --spec {params.spec:q} > {log} 2>&1"
 
 
 rule pretrain:
