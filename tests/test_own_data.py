@@ -87,6 +87,17 @@ def test_sft_only_grid_from_a_llava_checkpoint_dry_run(own):
     assert "SFT-only grid" in res.stderr and "per-stage table" in res.stderr
 
 
+def test_an_sft_only_grid_from_a_missing_checkpoint_is_refused_at_plan_time(own):
+    """model.path is checked before 48 jobs are planned around it, not by the first SFT job's OSError."""
+    def missing(cfg):
+        del cfg["data"]["pretrain_json"], cfg["data"]["pretrain_image_folder"], cfg["standins"]
+        cfg["model"] = {"source": "llava", "path": "/no/such/dir"}
+
+    res = smk("-n", "--cores", "1", *variant(own, missing), cwd=own, check=False)
+    assert res.returncode != 0 and "Job stats" not in res.stdout + res.stderr
+    assert "config key 'model.path' is '/no/such/dir': no such folder" in res.stdout + res.stderr, res.stderr[-2000:]
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(1800)  # 9 min on one shared core, about 5 on two
 def test_own_data_smoke_grid_end_to_end(workflow_copy):

@@ -64,6 +64,19 @@ def test_command_line_strings_become_the_schema_types():
                                         "installed lmms-eval; allowed: synth_colour"),
     ({"eval__tasks": ["gqa"], "eval__backend": "synthetic"}, "config key 'eval.tasks' names ['gqa'], not a task of "
                                                              "the synthetic evaluator; allowed: synth_colour"),
+    # the model's checkpoints: what the source reads exists, what it ignores is refused (issue 33)
+    ({"model__path": "/x"}, "config key 'model.path' is '/x' but model.source is tiny, which reads model.tiny (no "
+                            "checkpoint) and would ignore it; remove model.path, or set model.source: llava"),
+    ({"model__source": "llava", "model__path": "/no/such/dir"}, "config key 'model.path' is '/no/such/dir': no such "
+                                                                "folder, and not a hub id (owner/name)"),
+    ({"model__source": "llava"}, "config key 'model.path' is missing; model.source llava needs model.path"),
+    ({"model__source": "compose", "model__llm": "lmsys/vicuna-7b-v1.5"}, "config key 'model.vision_tower' is "
+                                                                         "missing; model.source compose needs"),
+    ({"grid__r": 0}, "config key 'grid.r' is 0; allowed: 0 < r < 1. r is DualSpeed's probability of a slow"),
+    ({"grid__r_sweep": [0.1, 1.0]}, "config key 'grid.r_sweep' has 1; allowed: 0 < r < 1"),
+    ({"model__tiny": {"image_size": 30, "patch_size": 4}}, "config key 'model.tiny.image_size' is 30, not a multiple "
+                                                           "of model.tiny.patch_size (4): the tower reads whole "
+                                                           "patches; allowed: e.g. 28 or 32"),
 ])
 def test_errors_name_key_value_and_what_is_allowed_first(over, first_line):
     with pytest.raises(PlanError) as e:
@@ -148,3 +161,13 @@ def test_p_reaches_the_run_as_the_configs_number_not_as_its_path_read_back():
     assert plan.returncode == 0, plan.stderr[-2000:]
     specs = [line for line in plan.stdout.splitlines() if "dualspeed.train --spec" in line and "/sft/" in line]
     assert len(specs) == 1 and '"ratio": 0.1234567' in specs[0], specs
+
+
+def test_a_model_folder_must_hold_a_checkpoint_and_a_hub_id_passes(tmp_path):
+    empty = tmp_path / "ckpt"
+    empty.mkdir()
+    with pytest.raises(PlanError, match="the folder holds no config.json"):
+        check(with_(model__source="llava", model__path=str(empty)), SCHEMA)
+    (empty / "config.json").write_text("{}")
+    assert check(with_(model__source="llava", model__path=str(empty)), SCHEMA)["model"]["path"] == str(empty)
+    assert check(with_(model__source="llava", model__path="llava-hf/llava-1.5-7b-hf"), SCHEMA)

@@ -21,9 +21,10 @@ from dualspeed.modes import INFERENCE_MODES
 config.update(plan_check.check(config, workflow.source_path("../schemas/config.schema.yaml")))
 validate(config, schema="../schemas/config.schema.yaml")  # fills the schema's defaults
 
-# The interpreter every rule runs: the one running this workflow (the venv's), never whatever `python`, `torchrun`
+# The interpreter of every job is the one running this workflow (the venv's), never whatever `python`, `torchrun`
 # or `srun ... python` finds on PATH (a job given the system Python failed at its first import). Under
-# --software-deployment-method conda each job runs in the rule's environment, whose own python is on its PATH.
+# --software-deployment-method conda each job runs in its conda environment, whose own python is on its PATH.
+# Jobs get it as params.py (a parameter, so Snakemake's provenance records it).
 PY = "python" if DeploymentMethod.CONDA in workflow.deployment_settings.deployment_method else shlex.quote(sys.executable)
 
 GRID = config["grid"]
