@@ -171,3 +171,27 @@ def test_a_model_folder_must_hold_a_checkpoint_and_a_hub_id_passes(tmp_path):
     (empty / "config.json").write_text("{}")
     assert check(with_(model__source="llava", model__path=str(empty)), SCHEMA)["model"]["path"] == str(empty)
     assert check(with_(model__source="llava", model__path="llava-hf/llava-1.5-7b-hf"), SCHEMA)
+
+
+def test_a_grid_on_other_data_never_takes_the_defaults_folders():
+    from dualspeed.grid.folders import own_folders
+
+    other = with_(data__synth={**DEFAULT["data"]["synth"], "n_sft": 10})
+    cfg, note = own_folders(other, DEFAULT)
+    name = cfg["recipe"]
+    assert name.startswith("synth-") and note and "runs_dir: runs/" + name in note
+    assert (cfg["runs_dir"], cfg["results_dir"], cfg["figures_dir"], cfg["data"]["root"]) == (
+        f"runs/{name}", f"results/{name}", f"paper_figures/{name}", f"resources/{name}")
+    assert own_folders(with_(data__synth={**DEFAULT["data"]["synth"], "n_sft": 11}), DEFAULT)[0]["recipe"] != name
+    # its own recipe names the folders it left at the default's
+    assert own_folders(with_(data__synth={**DEFAULT["data"]["synth"], "n_sft": 10}, recipe="mine"), DEFAULT)[0][
+        "results_dir"] == "results/mine"
+    # the same data (config/full.yaml: more rows) keeps the default's folders; so does a grid with folders of its own
+    assert own_folders(with_(grid__methods=["divprune", "pool"]), DEFAULT) == (with_(grid__methods=["divprune", "pool"]), None)
+    smoke = yaml.safe_load((ROOT / "config" / "smoke.yaml").read_text())
+    merged = with_(**{k: v for k, v in smoke.items() if k not in ("data", "model")})
+    merged["data"].update(smoke["data"])
+    assert own_folders(merged, DEFAULT) == (merged, None)
+    # a recipe whose derived folder is the default's data folder is refused, naming the keys
+    with pytest.raises(PlanError, match="config key 'data.root' is 'resources/synth', a folder of the default grid"):
+        own_folders(with_(data__synth={**DEFAULT["data"]["synth"], "n_sft": 10}, recipe="synth"), DEFAULT)

@@ -11,7 +11,7 @@ from snakemake.utils import validate
 from snakemake_interface_executor_plugins.settings import DeploymentMethod
 
 from dualspeed import launch
-from dualspeed.grid import plan_check, recipe
+from dualspeed.grid import folders, plan_check, recipe
 from dualspeed.grid.variants import (VARIANTS, all_points, all_tables, baseline_row, fmt,
                                      metrics_relpath, point, point_seeds, seeds, vtp_inference_paths)
 from dualspeed.modes import INFERENCE_MODES
@@ -20,6 +20,11 @@ from dualspeed.modes import INFERENCE_MODES
 # first line of any error; VTP methods and evaluation tasks checked before a job is planned
 config.update(plan_check.check(config, workflow.source_path("../schemas/config.schema.yaml")))
 validate(config, schema="../schemas/config.schema.yaml")  # fills the schema's defaults
+# a grid whose data differs from the default's never writes into the default's data, runs, tables or figures
+config_, note = folders.own_folders(config, yaml.safe_load(open(workflow.source_path("../../config/config.yaml"))))
+if note:
+    config.update(config_)
+    print(note, file=sys.stderr)
 
 # The interpreter of every job is the one running this workflow (the venv's), never whatever `python`, `torchrun`
 # or `srun ... python` finds on PATH (a job given the system Python failed at its first import). Under
