@@ -130,8 +130,9 @@ def test_the_synthetic_images_take_the_models_geometry(tmp_path):
     assert (synth_settings(nxt)["image_size"], synth_settings(nxt)["patch_size"]) == (32, 4)  # the base crop + 2x2 grid
     with pytest.raises(PlanError, match="'model.image_grid_pinpoints' is \\[\\[16, 32\\]\\]: the synthetic images are square"):
         check(with_(model__image_grid_pinpoints=[[16, 32]]), SCHEMA)
-    smk = [sys.executable, "-m", "snakemake", "-n", "-p", "--cores", "1", "resources/synth/synth_meta.json",
-           "--forcerun", "synthesize", "--config", "model={tiny: {image_size: 48, patch_size: 8}}"]
+    # other images are other data: they go to a folder of their own, never the default's resources/synth
+    smk = [sys.executable, "-m", "snakemake", "-n", "-p", "--cores", "1", "resources/geom/synth_meta.json",
+           "--forcerun", "synthesize", "--config", "model={tiny: {image_size: 48, patch_size: 8}}", "recipe=geom"]
     plan = subprocess.run(smk, cwd=ROOT, capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"},
                           timeout=300)
     assert plan.returncode == 0, plan.stderr[-2000:]
