@@ -1,6 +1,6 @@
 """A user's own LLaVA-format data (data.kind: local): checked, and what the tiny recipe derives from it.
 
-    python -m dualspeed.data local --out resources/<recipe> --sft-json FILE --image-folder DIR \
+    python -m dualspeed.data local --out resources/<recipe> --sft-json FILE --image-folder DIR \\
         [--pretrain-json FILE --pretrain-image-folder DIR] [--task NAME=JSON::DIR ...] [--tiny] [--bad-images skip]
 
 First the data check of every file (conversations validated, every image decoded; the training jobs check again,

@@ -1,7 +1,7 @@
 """Evaluate a checkpoint on the synthetic held-out sets, in one or more inference modes.
 
     python -m dualspeed.evaluation --ckpt runs/x/sft/hf --data resources/synth --mode normal
-    python -m dualspeed.evaluation --ckpt runs/x/sft/hf --data resources/synth --mode normal,pruned,pruned_noiso \
+    python -m dualspeed.evaluation --ckpt runs/x/sft/hf --data resources/synth --mode normal,pruned,pruned_noiso \\
         --out 'results/metrics/x/{mode}.json'      # every mode in one process, one file each
 
 The lmms-eval benchmarks: `python -m dualspeed.evaluation.lmms`.

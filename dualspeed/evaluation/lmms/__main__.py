@@ -1,6 +1,6 @@
 """Evaluate one checkpoint in one or more inference modes through the lmms-eval CLI, offline.
 
-    python -m dualspeed.evaluation.lmms --ckpt runs/.../hf --mode pruned --tasks synth_colour,synth_count \
+    python -m dualspeed.evaluation.lmms --ckpt runs/.../hf --mode pruned --tasks synth_colour,synth_count \\
         --include-path resources/synth/lmms_tasks --out results/metrics/.../pruned.json
     python -m dualspeed.evaluation.lmms ... --mode normal,pruned,pruned_noiso --out 'results/metrics/.../{mode}.json'
 """
