@@ -199,3 +199,24 @@ def test_in_a_slurm_step_the_first_node_hosts_the_rendezvous(tmp_path, monkeypat
                           "--spec", "{}"], env={**os.environ, **env, "PATH": f"{bin_}:{os.environ['PATH']}"},
                          capture_output=True, text=True, timeout=60)
     assert res.returncode == 0 and "--rdzv_endpoint gpu-01:23456" in res.stdout, res.stderr
+
+
+def test_the_account_joins_the_profiles_default_resources_instead_of_replacing_them():
+    """`--default-resources slurm_account=<acct>` replaced the profile's whole block (mem_mb 16000 -> 1000, no
+    cpus_per_task for the download jobs); DUALSPEED_SLURM_ACCOUNT adds the account and keeps the rest."""
+    def resources(**env):
+        res = subprocess.run([PY, "-m", "snakemake", "-n", "--forceall", "--cores", "2", "--profile", "slurm",
+                              "--configfile", "config/llava15_7b.yaml"], cwd=ROOT, capture_output=True, text=True,
+                             timeout=600, env={**{k: v for k, v in os.environ.items()
+                                                  if k != "DUALSPEED_SLURM_ACCOUNT"}, **env})
+        assert res.returncode == 0, res.stderr[-3000:]
+        lines = [ln.split("resources:", 1)[1] for ln in (res.stdout + res.stderr).splitlines() if "resources:" in ln]
+        return [dict(kv.strip().split("=", 1) for kv in ln.split(",") if "=" in kv) for ln in lines]
+
+    jobs = resources(DUALSPEED_SLURM_ACCOUNT="proj42")
+    assert len(jobs) > 50 and all(j["slurm_account"] == "proj42" for j in jobs)
+    downloads = [j for j in jobs if "gpu" not in j]
+    assert downloads and all(j["mem_mb"] == "16000" and j["cpus_per_task"] == "4" for j in downloads)
+    assert all(j["slurm_account"] == "" for j in resources())  # unset: none given, the plugin guesses
+    advice = (ROOT / "docs" / "slurm.md").read_text()
+    assert "DUALSPEED_SLURM_ACCOUNT=<acct>" in advice
