@@ -115,7 +115,7 @@ def check_methods(config: dict) -> None:
     from .. import vtp
 
     grid, known = config["grid"], vtp.available()
-    hint = "; add a file to dualspeed/vtp/ or name it in DUALSPEED_VTP_PLUGINS (README, 'Adding a VTP method')"
+    hint = "; add a file to dualspeed/vtp/ or name it in DUALSPEED_VTP_PLUGINS (docs/adding-a-method.md)"
     unknown = [m for m in grid["methods"] if vtp.parse(m)[0] not in known]
     if vtp.parse(grid["method"])[0] not in known:
         raise PlanError(f"config key 'grid.method' is {grid['method']!r}, not a registered VTP method; "

@@ -257,8 +257,8 @@ def _option_problem(cls, opts: dict) -> str | None:
     if unknown:
         takes = "; ".join(f"{k}: {o.allowed}" for k, o in spec.items())
         if not takes:
-            return (f"takes no options, got {unknown}: use the plain name '{cls.name}' (a method takes options by "
-                    "declaring them in `options`, or as its constructor's keyword arguments)")
+            return (f"does not take options {unknown}: it takes none (use the plain name '{cls.name}'; a method takes "
+                    "options it declares in `options`, or its constructor's keyword arguments)")
         return f"does not take options {unknown}; its options: {takes}"
     for key, value in opts.items():
         if not spec[key].ok(value):
