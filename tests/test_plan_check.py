@@ -72,6 +72,8 @@ def test_command_line_strings_become_the_schema_types():
     ({"model__source": "llava"}, "config key 'model.path' is missing; model.source llava needs model.path"),
     ({"model__source": "compose", "model__llm": "lmsys/vicuna-7b-v1.5"}, "config key 'model.vision_tower' is "
                                                                          "missing; model.source compose needs"),
+    ({"grid__method": "visionzip:dominant=0.5+dominant=0.6"}, "config key 'grid.method' is 'visionzip:dominant=0.5+"
+                                                              "dominant=0.6': VTP option 'dominant' is given twice"),
     ({"grid__r": 0}, "config key 'grid.r' is 0; allowed: 0 < r < 1. r is DualSpeed's probability of a slow"),
     ({"grid__r_sweep": [0.1, 1.0]}, "config key 'grid.r_sweep' has 1; allowed: 0 < r < 1"),
     ({"model__tiny": {"image_size": 30, "patch_size": 4}}, "config key 'model.tiny.image_size' is 30, not a multiple "

@@ -116,6 +116,11 @@ def check_methods(config: dict) -> None:
 
     grid, known = config["grid"], vtp.available()
     hint = "; add a file to dualspeed/vtp/ or name it in DUALSPEED_VTP_PLUGINS (docs/adding-a-method.md)"
+    for key, spec in [("grid.method", grid["method"])] + [("grid.methods", m) for m in grid["methods"]]:
+        try:
+            vtp.parse(spec)  # a malformed spec (an option given twice, not key=value), named with its key
+        except ValueError as e:
+            raise PlanError(f"config key '{key}' {'is' if key == 'grid.method' else 'has'} {spec!r}: {e}") from None
     unknown = [m for m in grid["methods"] if vtp.parse(m)[0] not in known]
     if vtp.parse(grid["method"])[0] not in known:
         raise PlanError(f"config key 'grid.method' is {grid['method']!r}, not a registered VTP method; "
