@@ -122,9 +122,9 @@ def test_the_readmes_own_data_overlay_never_plans_a_write_into_the_defaults_fold
     name = "mine" if named else re.search(r"runs_dir: runs/(own-[\w.-]+-[0-9a-f]{8})", out).group(1)
     for folder in (f"runs/{name}/", f"results/{name}/tables/", f"paper_figures/{name}/", f"--out resources/{name}"):
         assert folder in out, folder
-    assert "differs from the default's" in res.stderr
+    assert "data differs from that of the default grid" in res.stderr
     # the default itself, and config/full.yaml (its rows over the same data), keep the default's folders
-    assert "differs from the default's" not in smk("-n", "--forceall", "--cores", "2", "--configfile",
+    assert "data differs" not in smk("-n", "--forceall", "--cores", "2", "--configfile",
                                                    "config/full.yaml", cwd=own).stderr
 
 

@@ -177,24 +177,42 @@ def test_a_model_folder_must_hold_a_checkpoint_and_a_hub_id_passes(tmp_path):
 
 
 def test_a_grid_on_other_data_never_takes_the_defaults_folders():
-    from dualspeed.grid.folders import own_folders
+    from dualspeed.grid.folders import committed_grids, own_folders
 
+    grids = committed_grids(ROOT / "config")
     other = with_(data__synth={**DEFAULT["data"]["synth"], "n_sft": 10})
-    cfg, note = own_folders(other, DEFAULT)
+    cfg, note = own_folders(other, grids)
     name = cfg["recipe"]
-    assert name.startswith("synth-") and note and "runs_dir: runs/" + name in note
+    assert name.startswith("synth-") and note and "runs_dir: runs/" + name in note and "the default grid" in note
     assert (cfg["runs_dir"], cfg["results_dir"], cfg["figures_dir"], cfg["data"]["root"]) == (
         f"runs/{name}", f"results/{name}", f"paper_figures/{name}", f"resources/{name}")
-    assert own_folders(with_(data__synth={**DEFAULT["data"]["synth"], "n_sft": 11}), DEFAULT)[0]["recipe"] != name
+    assert own_folders(with_(data__synth={**DEFAULT["data"]["synth"], "n_sft": 11}), grids)[0]["recipe"] != name
     # its own recipe names the folders it left at the default's
-    assert own_folders(with_(data__synth={**DEFAULT["data"]["synth"], "n_sft": 10}, recipe="mine"), DEFAULT)[0][
+    assert own_folders(with_(data__synth={**DEFAULT["data"]["synth"], "n_sft": 10}, recipe="mine"), grids)[0][
         "results_dir"] == "results/mine"
-    # the same data (config/full.yaml: more rows) keeps the default's folders; so does a grid with folders of its own
-    assert own_folders(with_(grid__methods=["divprune", "pool"]), DEFAULT) == (with_(grid__methods=["divprune", "pool"]), None)
-    smoke = yaml.safe_load((ROOT / "config" / "smoke.yaml").read_text())
-    merged = with_(**{k: v for k, v in smoke.items() if k not in ("data", "model")})
-    merged["data"].update(smoke["data"])
-    assert own_folders(merged, DEFAULT) == (merged, None)
+    # every committed grid keeps its folders: the same data may share them (config/full.yaml adds rows to the
+    # default's, smoke_next.yaml reads smoke.yaml's images), other data has folders of its own
+    for label, g in grids.items():
+        assert own_folders(g, grids) == (g, None), label
     # a recipe whose derived folder is the default's data folder is refused, naming the keys
     with pytest.raises(PlanError, match="config key 'data.root' is 'resources/synth', a folder of the default grid"):
-        own_folders(with_(data__synth={**DEFAULT["data"]["synth"], "n_sft": 10}, recipe="synth"), DEFAULT)
+        own_folders(with_(data__synth={**DEFAULT["data"]["synth"], "n_sft": 10}, recipe="synth"), grids)
+
+
+def test_own_data_over_another_committed_grid_takes_none_of_its_folders():
+    """An overlay on config/smoke.yaml keeps smoke's recipe and folders unless it names its own: they are derived."""
+    from dualspeed.grid.folders import committed_grids, merge, own_folders
+
+    grids = committed_grids(ROOT / "config")
+    mine = merge(grids["config/smoke.yaml"], {"data": {"kind": "local", "sft_json": "/d/sft.json",
+                                                       "image_folder": "/d/img", "pretrain_json": "/d/pre.json"}})
+    cfg, note = own_folders(mine, grids)
+    assert "config/smoke.yaml" in note and cfg["recipe"].startswith("own-d-")
+    assert cfg["runs_dir"] == f"runs/{cfg['recipe']}" and cfg["data"]["root"] == f"resources/{cfg['recipe']}"
+
+
+def test_every_committed_config_is_a_guarded_grid():
+    from dualspeed.grid.folders import COMMITTED
+
+    files = {f.name for f in (ROOT / "config").glob("*.yaml")} - {"config.yaml", "downloads.yaml"}
+    assert files == {f for fs in COMMITTED.values() for f in fs}

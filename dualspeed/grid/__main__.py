@@ -14,7 +14,6 @@ as the plan checks it (a wrong key, value or path is refused naming the key). Ru
 """
 from __future__ import annotations
 
-import copy
 import json
 import sys
 from pathlib import Path
@@ -28,14 +27,6 @@ from .variants import all_points
 
 DEFAULT = Path("config/config.yaml")
 SCHEMA = Path("workflow/schemas/config.schema.yaml")
-
-
-def _merge(base: dict, over: dict) -> dict:
-    """`over` merged into `base` key by key at every depth (Snakemake's update_config)."""
-    out = copy.deepcopy(base)
-    for key, value in over.items():
-        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
-    return out
 
 
 def _read(path: Path) -> dict:
@@ -52,13 +43,12 @@ def pipeline_config(configfiles: list[str]) -> dict:
     the folders of a grid on other data than the default's derived (workflow/rules/common.smk does the same)."""
     from snakemake.utils import validate  # fills the schema's defaults, as the workflow's validate()
 
-    default = _read(DEFAULT)
-    cfg = default
+    cfg = _read(DEFAULT)
     for f in configfiles:
-        cfg = _merge(cfg, _read(Path(f)))
+        cfg = folders.merge(cfg, _read(Path(f)))
     cfg = plan_check.check(cfg, SCHEMA)
     validate(cfg, str(SCHEMA.resolve()))
-    return folders.own_folders(cfg, default)[0]
+    return folders.own_folders(cfg, folders.committed_grids(DEFAULT.parent))[0]
 
 
 def trainings(cfg: dict) -> dict[str, dict[str, str]]:

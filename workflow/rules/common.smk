@@ -20,8 +20,8 @@ from dualspeed.modes import INFERENCE_MODES
 # first line of any error; VTP methods and evaluation tasks checked before a job is planned
 config.update(plan_check.check(config, workflow.source_path("../schemas/config.schema.yaml")))
 validate(config, schema="../schemas/config.schema.yaml")  # fills the schema's defaults
-# a grid whose data differs from the default's never writes into the default's data, runs, tables or figures
-config_, note = folders.own_folders(config, yaml.safe_load(open(workflow.source_path("../../config/config.yaml"))))
+# a grid on other data never writes into the data, runs, tables or figures of the default or another committed grid
+config_, note = folders.own_folders(config, folders.committed_grids(os.path.join(workflow.basedir, "config")))
 if note:
     config.update(config_)
     print(note, file=sys.stderr)
