@@ -111,7 +111,7 @@ def test_a_plugin_that_declares_no_options_refuses_one_naming_it(registry):
             return feats.norm(dim=-1).topk(k, dim=1).indices
 
     assert vtp.get("l2norm_test").name == "l2norm_test"
-    with pytest.raises(ValueError, match=r"'l2norm_test' does not take options \['foo'\]: it takes none"):
+    with pytest.raises(ValueError, match=r"'l2norm_test' does not take options \['foo'\]; its options: it takes none"):
         vtp.check("l2norm_test:foo=1")
 
 
