@@ -10,6 +10,8 @@ from pathlib import Path
 
 import yaml
 
+from .batching import BatchPlan, batch_plan  # noqa: F401  (re-exported: the batch split of a TrainConfig)
+from .inllm_config import PDropConfig, PModConfig, check_pdrop  # noqa: F401  (re-exported)
 from .typed_merge import ConfigError, merge, set_dotted
 
 
@@ -141,29 +143,6 @@ class FastSlowConfig:
 
 
 @dataclass
-class PModConfig:
-    """p-MoD (the comparison row): Mixture-of-Depths over the vision tokens in the LLM's layers."""
-
-    enabled: bool = False
-    dense_above: float = 0.85  # PRD: layers whose raw ratio exceeds this stay dense
-    floor: float = 0.15  # PRD: the lowest keep ratio of a MoD layer
-    alpha: float = 0.2  # TanhNorm: w~ = alpha * tanh(s) + beta
-    beta: float = 1.0
-
-
-@dataclass
-class PDropConfig:
-    """PyramidDrop (the third family): visual tokens dropped in stages inside the LLM, ranked by attention."""
-
-    enabled: bool = False
-    # drop after these many layers, strictly increasing in 1..L-1 (LLaVA-1.5-7B: 8, 16, 24 of 32)
-    layers: list = field(default_factory=lambda: [8, 16, 24])
-    lam: float = 0.5  # each stage keeps lam of the previous stage's visual tokens
-    # the ranking finds its queries by place and rebuilds right-padded sequences, as the reference requires
-    padding_side: str = "right"
-
-
-@dataclass
 class RunConfig:
     output_dir: str = ""
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -199,6 +178,9 @@ class RunConfig:
             (self.train.grad_accum >= 0, "train.grad_accum", "must be >= 1, or 0 = derived"),
             (self.train.global_batch_size >= 0, "train.global_batch_size", "must be >= 1, or 0 = not set"),
             (self.train.dist_timeout_s >= 1, "train.dist_timeout_s", "must be >= 1 second"),
+            (0 <= self.train.seed < 2**32, "train.seed", "must be in [0, 2**32) (numpy's seed range)"),
+            (self.model.source != "tiny" or self.model.tiny.image_size % self.model.tiny.patch_size == 0,
+             "model.tiny.image_size", f"must be a multiple of model.tiny.patch_size ({self.model.tiny.patch_size})"),
             (self.train.epochs > 0 or self.train.max_steps > 0, "train.epochs", "set epochs > 0 or max_steps > 0"),
         ]
         for ok, key, why in checks:
@@ -247,70 +229,6 @@ class RunConfig:
         return asdict(self)
 
 
-@dataclass(frozen=True)
-class BatchPlan:
-    """How one optimizer step's samples split: global = per_device x grad_accum x world_size."""
-
-    global_batch: int
-    per_device: int
-    grad_accum: int
-    world_size: int
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-
-def batch_plan(t: TrainConfig, world_size: int, continues: int | None = None) -> BatchPlan:
-    """The batch split of one start of a stage on `world_size` processes; checked at plan time (grid/plan_check.py)
-    and again at run time, before any data or model is read.
-
-    The global batch is train.global_batch_size when set; else, for a run resumed from a checkpoint whose global
-    batch was `continues`, that one (the run keeps its global batch on another process count); else
-    batch_size x grad_accum x world_size. grad_accum is derived from the global batch unless set."""
-    if world_size < 1:
-        raise ValueError(f"world size must be >= 1, got {world_size}")
-    procs = f"{world_size} process{'es' if world_size > 1 else ''}"
-    if t.global_batch_size:
-        target, source = t.global_batch_size, f"config key 'train.global_batch_size' is {t.global_batch_size}"
-    elif continues and not t.grad_accum:
-        target, source = continues, f"the checkpoint being resumed trained with a global batch of {continues}"
-    else:
-        accum = t.grad_accum or 1
-        return BatchPlan(t.batch_size * accum * world_size, t.batch_size, accum, world_size)
-    step = t.batch_size * world_size
-    if target % step:
-        share = (f"set train.batch_size to a divisor of {target // world_size} (the share of each process)"
-                 if target % world_size == 0 else
-                 f"{target} does not split evenly over {procs} at all: run on a process count that divides it")
-        raise ConfigError(
-            f"{source}, which is not a multiple of train.batch_size ({t.batch_size}) x {procs} = {step} "
-            f"samples per accumulation step: {share}")
-    accum = target // step
-    if t.grad_accum and t.grad_accum != accum:
-        raise ConfigError(
-            f"config keys 'train.global_batch_size' ({target}) and 'train.grad_accum' ({t.grad_accum}) disagree on "
-            f"{procs}: {target} / (train.batch_size {t.batch_size} x {world_size}) = {accum} accumulation steps. "
-            f"Remove train.grad_accum (it is derived from the global batch) or set it to {accum}")
-    return BatchPlan(target, t.batch_size, accum, world_size)
-
-
-def check_pdrop(pd: dict, n_layers: int | None = None) -> None:
-    """PyramidDrop's settings, checked once for the run config and the plan: boundaries strictly increasing in
-    1..L-1 (L known for the tiny LLM; a loaded LLM is checked when the model is built), lam in (0, 1], right
-    padding."""
-    layers, lam = pd.get("layers", [8, 16, 24]), pd.get("lam", 0.5)
-    top = f"{n_layers - 1}" if n_layers else "L-1"
-    if (not isinstance(layers, list) or not layers or any(not isinstance(x, int) or isinstance(x, bool) for x in layers)
-            or any(x < 1 or (n_layers and x > n_layers - 1) for x in layers) or layers != sorted(set(layers))):
-        raise ConfigError(f"config key 'pdrop.layers' must be strictly increasing layer counts, each in 1..{top} "
-                          f"(got {layers!r})")
-    if not (isinstance(lam, (int, float)) and 0.0 < lam <= 1.0):
-        raise ConfigError(f"config key 'pdrop.lam' must be in (0, 1] (got {lam!r})")
-    if pd.get("padding_side", "right") != "right":
-        raise ConfigError(f"config key 'pdrop.padding_side' must be 'right': PyramidDrop finds its queries by place and "
-                          f"rebuilds right-padded sequences (got {pd.get('padding_side')!r})")
-
-
 def _get(obj, dotted: str):
     for part in dotted.split("."):
         obj = getattr(obj, part)
@@ -326,7 +244,10 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         path = Path(path)
         if not path.is_file():
             raise ConfigError(f"config file {path} does not exist")
-        data = yaml.safe_load(path.read_text()) or {}
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"config file {path} is not valid YAML: {e}") from None
         if not isinstance(data, dict):
             raise ConfigError(f"config file {path} must hold a mapping at the top level")
         merge(cfg, data)

@@ -37,17 +37,20 @@ class LaunchError(RuntimeError):
     pass
 
 
-def command(nodes: int, gpus: int, cpus: int) -> str:
+def command(nodes: int, gpus: int, cpus: int, python: str = sys.executable) -> str:
     """The shell prefix a training rule puts before `dualspeed.train --spec ...`: plain python, torchrun on one
-    node, or, for nodes > 1, one srun task per node running this launcher. srun is told the node, task and CPU
-    counts itself: the Slurm executor's job step hands the rule an environment without the allocation's SLURM_*
-    task settings (docs/slurm.md), and --kill-on-bad-exit ends every node's agent when one fails."""
+    node, or, for nodes > 1, one srun task per node running this launcher. Every one runs `python`, the interpreter
+    that plans the workflow (not whatever `python` or `torchrun` PATH holds: a job that got the system Python failed
+    at its first import). srun is told the node, task and CPU counts itself: the Slurm executor's job step hands the
+    rule an environment without the allocation's SLURM_* task settings (docs/slurm.md), and --kill-on-bad-exit ends
+    every node's agent when one fails."""
     if nodes < 1:
         raise ValueError(f"nodes must be >= 1, got {nodes}")
+    py = shlex.quote(python)
     if nodes == 1:
-        return f"torchrun --standalone --nproc_per_node={gpus} -m" if gpus > 1 else "python -m"
+        return f"{py} -m torch.distributed.run --standalone --nproc_per_node={gpus} -m" if gpus > 1 else f"{py} -m"
     return (f"srun --nodes={nodes} --ntasks={nodes} --ntasks-per-node=1 --cpus-per-task={cpus} --kill-on-bad-exit=1 "
-            f"python -m dualspeed.launch --nnodes {nodes} --nproc-per-node {max(gpus, 1)} -m")
+            f"{py} -m dualspeed.launch --nnodes {nodes} --nproc-per-node {max(gpus, 1)} -m")
 
 
 def first_host(nodelist: str) -> str:

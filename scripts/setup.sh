@@ -3,15 +3,16 @@
 # requirements.lock, plus this package (editable). Run by scripts/run.sh and scripts/test.sh, so each
 # README command works from a fresh clone. A changed lock (or this script) rebuilds the venv from empty,
 # so nothing installed earlier survives, and ends by checking the venv against the lock; a changed
-# pyproject.toml alone reinstalls only this package.
+# pyproject.toml, or a venv whose editable package points at another checkout (a venv shared by two
+# checkouts), reinstalls only this package, from this checkout.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 venv="${DUALSPEED_VENV:-$root/.venv}"
 lock="$root/requirements.lock"
 stamp="$venv/.dualspeed-installed"        # the lock this venv holds
-project_stamp="$venv/.dualspeed-project"  # the package metadata (entry points, package data) installed
+project_stamp="$venv/.dualspeed-project"  # the package metadata installed, and the checkout it points at
 want="$(cat "$lock" "$root/scripts/setup.sh" | sha256sum | cut -d' ' -f1)"
-want_project="$(sha256sum < "$root/pyproject.toml" | cut -d' ' -f1)"
+want_project="$({ cat "$root/pyproject.toml"; echo "$root"; } | sha256sum | cut -d' ' -f1)"
 if [[ "${1:-}" == "--print-stamp" ]]; then echo "$want"; exit 0; fi
 pip() { "$venv/bin/python" -m pip "$@" 2> >(grep -v "is ignored: it is neither a file nor a directory" >&2); }
 install_project() {  # editable: the checkout is the code; only its metadata is installed
@@ -20,7 +21,8 @@ install_project() {  # editable: the checkout is the code; only its metadata is 
 }
 if [[ -f "$stamp" && "$(cat "$stamp")" == "$want" ]]; then
   if [[ ! -f "$project_stamp" || "$(cat "$project_stamp")" != "$want_project" ]]; then
-    echo "[setup] pyproject.toml changed: reinstalling the dualspeed package into $venv" >&2
+    echo "[setup] pyproject.toml changed, or the venv's package is another checkout's: reinstalling the dualspeed" \
+      "package from $root into $venv" >&2
     install_project
   fi
   exit 0

@@ -86,3 +86,48 @@ def test_training_fails_before_loading_a_model_or_skips_and_records(broken_data,
     skipped = json.loads((out / "skipped_samples.json").read_text())
     assert len(skipped) == 7 and json.loads((out / "provenance.json").read_text())["skipped_samples"] == 7
     assert json.loads((out / "timing.json").read_text())["samples"] == 4
+
+
+def test_empty_data_is_refused_by_every_check_naming_the_key_and_file(broken_data, synth_dir, tmp_path, monkeypatch):
+    """An SFT file of [] used to pass the check ("0 samples", exit 0) and the preparation, and to fail only once the
+    model was built, naming no file."""
+    monkeypatch.setenv("DUALSPEED_CACHE", str(tmp_path / "cache"))
+    _, folder = broken_data
+    empty = tmp_path / "empty.json"
+    empty.write_text("[]")
+    res = subprocess.run([sys.executable, "-m", "dualspeed.data", "check", "--json", str(empty), "--image-folder",
+                          str(folder)], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 2 and f"{empty} holds no samples" in res.stderr, res.stderr
+    res = subprocess.run([sys.executable, "-m", "dualspeed.data", "local", "--out", str(tmp_path / "derived"),
+                          "--sft-json", str(empty), "--image-folder", str(folder)], capture_output=True, text=True,
+                         timeout=120)
+    assert res.returncode == 2 and f"data.sft_json: {empty} holds no samples" in res.stderr, res.stderr
+    assert not (tmp_path / "derived" / "local_meta.json").exists()
+    with pytest.raises(DataError, match=f"config key 'data.json': {empty} holds no samples"):
+        run(sft_cfg(empty, folder, synth_dir, tmp_path / "run", "fail"))
+    assert not (tmp_path / "run" / "steps.csv").exists()
+
+
+def test_skip_that_leaves_no_sample_is_refused(broken_data, synth_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("DUALSPEED_CACHE", str(tmp_path / "cache"))
+    js, folder = broken_data
+    bad = [r for r in json.loads(js.read_text()) if r.get("id") in ("truncated", "empty", "text", "missing")]
+    only_bad = tmp_path / "bad.json"
+    only_bad.write_text(json.dumps(bad))
+    with pytest.raises(DataError, match=r"config key 'data.json' \(.*bad.json\): all 4 samples are unusable, so "
+                                        r"data.bad_images: skip leaves nothing to train on"):
+        run(sft_cfg(only_bad, folder, synth_dir, tmp_path / "run", "skip"))
+    from dualspeed.data.local import prepare
+
+    with pytest.raises(DataError, match=r"data.sft_json \(.*bad.json\): all 4 samples are unusable"):
+        prepare(tmp_path / "derived", only_bad, folder, bad_images="skip")
+
+
+def test_a_wrong_image_folder_is_one_line_not_one_per_sample(broken_data, tmp_path):
+    js, _ = broken_data
+    res = subprocess.run([sys.executable, "-m", "dualspeed.data", "check", "--json", str(js), "--image-folder",
+                          str(tmp_path / "no_such_folder")], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 2 and res.stdout == "", res.stdout
+    assert res.stderr.strip().splitlines() == [
+        f"error: image folder {tmp_path / 'no_such_folder'} does not exist (12 of 12 samples of {js} name an image "
+        "in it); give the folder their image paths are relative to"]

@@ -18,7 +18,7 @@ LAYERS = [
     ("foundation", ["dualspeed", "dualspeed.cli", "dualspeed.envlock", "dualspeed.provenance", "dualspeed.modes",
                     "dualspeed.typed_merge", "dualspeed.launch"]),
     ("vtp", ["dualspeed.vtp"]),
-    ("config", ["dualspeed.config"]),
+    ("config", ["dualspeed.config", "dualspeed.batching"]),
     ("data", ["dualspeed.data"]),
     ("models", ["dualspeed.models"]),
     ("grid", ["dualspeed.grid"]),

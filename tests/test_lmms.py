@@ -100,3 +100,40 @@ def test_loglikelihood_is_a_loss_whose_argmin_is_the_greedy_answer(ckpt):
     best = min(scored, key=lambda w: scored[w][0])
     assert scored[best][1] is True
     assert sum(greedy for _, greedy in scored.values()) == 1
+
+
+@pytest.fixture(scope="module")
+def baseline_ckpt(synth_dir, tmp_path_factory):
+    from test_train import tiny_cfg
+    from dualspeed.train.run import run
+
+    out = tmp_path_factory.mktemp("baseline_ckpt")
+    run(tiny_cfg(synth_dir, out, **{"train.max_steps": 2, "fastslow.prune": "false"}))
+    return out / "hf"
+
+
+@pytest.mark.parametrize("args, says", [
+    # a run that never pruned has no p of its own: "pruned" would silently be normal inference (issue 33)
+    ([], "was trained without pruning, so it has no p of its own"),
+    (["--ratio", "1.5"], "--ratio 1.5: p, the fraction of visual tokens pruned, must be in [0, 1)"),
+    (["--ratio", "0.9", "--method", "visionzip:dominant=99"], "dominant=99 dominant tokens do not fit in the k=6 "
+                                                             "tokens a crop keeps"),
+    (["--ratio", "0.9", "--method", "nosuch"], "unknown VTP method 'nosuch'"),
+])
+@pytest.mark.parametrize("cli", ["dualspeed.evaluation", "dualspeed.evaluation.lmms"])
+def test_pruned_modes_are_checked_before_the_checkpoint_loads(baseline_ckpt, synth_dir, tmp_path, cli, args, says):
+    cmd = [sys.executable, "-X", "importtime", "-m", cli, "--ckpt", str(baseline_ckpt), "--mode", "normal,pruned",
+           "--tasks", "synth_count", "--out", str(tmp_path / "{mode}.json"), *args]
+    if cli == "dualspeed.evaluation":
+        cmd += ["--data", str(synth_dir)]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert res.returncode == 2 and says in res.stderr, res.stderr[-2000:]
+    assert "transformers.models.llava.modeling_llava" not in res.stderr  # refused before any model was loaded
+    assert not list(tmp_path.iterdir())
+
+
+def test_a_predictor_refuses_pruned_inference_without_a_p_on_a_run_that_never_pruned(baseline_ckpt):
+    with pytest.raises(ValueError, match="was trained without pruning"):
+        Predictor(baseline_ckpt, mode="pruned")
+    p = Predictor(baseline_ckpt, mode="pruned", ratio=0.75)
+    assert (p.prune.method, p.prune.ratio) == ("divprune", 0.75)

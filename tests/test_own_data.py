@@ -3,6 +3,7 @@ data before any training, an SFT-only grid from a llava-hf checkpoint, and the w
 tests/digits_data.py."""
 import json
 import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -86,6 +87,57 @@ def test_sft_only_grid_from_a_llava_checkpoint_dry_run(own):
     assert "pretrain" not in n and "standin" not in n
     res = smk("-n", "--forceall", "--cores", "1", *args, cwd=own)
     assert "SFT-only grid" in res.stderr and "per-stage table" in res.stderr
+
+
+ROOT = Path(__file__).resolve().parents[1]
+# where the default grid (config/config.yaml) writes: no other data may be planned into these
+DEFAULT_FOLDERS = re.compile(r"runs/tiny/|logs/tiny/|benchmarks/tiny/|resources/synth\b|results/(tables|metrics|"
+                             r"vtp_inference)/|paper_figures/(pareto|curves|speedup)\.")
+
+
+def readme_overlay() -> str:
+    """The README's own-data overlay, as written."""
+    section = (ROOT / "README.md").read_text().split("## Your own data", 1)[1]
+    return section.split("```yaml\n", 1)[1].split("```", 1)[0]
+
+
+@pytest.mark.parametrize("named", [True, False], ids=["as-written", "without-recipe"])
+def test_the_readmes_own_data_overlay_never_plans_a_write_into_the_defaults_folders(own, named):
+    """Layered on config/config.yaml as the README says, the overlay that sets data and eval (and, or not, a recipe)
+    plans every job - the data check, the stand-ins' data, runs, metrics, tables, figures, logs - in folders of its
+    own: the default's data, runs and tables are never planned into (issue 33: its stand-in data was overwritten)."""
+    alias = own / "data"  # the README's /data/...: links to the digits
+    alias.mkdir()
+    for name, target in {"pre.json": "pretrain.json", "img": "images", "sft.json": "sft.json",
+                         "eval.json": "eval.json"}.items():
+        (alias / name).symlink_to(own / "own_data" / target)
+    overlay = readme_overlay()
+    assert "recipe: mine" in overlay and "/data/sft.json" in overlay
+    if not named:
+        overlay = "\n".join(line for line in overlay.splitlines() if not line.startswith("recipe:"))
+    (own / "my_data.yaml").write_text(overlay.replace("/data/", f"{alias}/"))
+    res = smk("-n", "-p", "--forceall", "--cores", "2", "--configfile", "config/config.yaml", "my_data.yaml", cwd=own)
+    out = res.stdout + res.stderr
+    assert "prepare_local" in out and "Job stats" in out
+    assert not DEFAULT_FOLDERS.search(out), DEFAULT_FOLDERS.search(out).group(0)
+    name = "mine" if named else re.search(r"runs_dir: runs/(own-[\w.-]+-[0-9a-f]{8})", out).group(1)
+    for folder in (f"runs/{name}/", f"results/{name}/tables/", f"paper_figures/{name}/", f"--out resources/{name}"):
+        assert folder in out, folder
+    assert "data differs from that of the default grid" in res.stderr
+    # the default itself, and config/full.yaml (its rows over the same data), keep the default's folders
+    assert "data differs" not in smk("-n", "--forceall", "--cores", "2", "--configfile",
+                                                   "config/full.yaml", cwd=own).stderr
+
+
+def test_an_sft_only_grid_from_a_missing_checkpoint_is_refused_at_plan_time(own):
+    """model.path is checked before 48 jobs are planned around it, not by the first SFT job's OSError."""
+    def missing(cfg):
+        del cfg["data"]["pretrain_json"], cfg["data"]["pretrain_image_folder"], cfg["standins"]
+        cfg["model"] = {"source": "llava", "path": "/no/such/dir"}
+
+    res = smk("-n", "--cores", "1", *variant(own, missing), cwd=own, check=False)
+    assert res.returncode != 0 and "Job stats" not in res.stdout + res.stderr
+    assert "config key 'model.path' is '/no/such/dir': no such folder" in res.stdout + res.stderr, res.stderr[-2000:]
 
 
 @pytest.mark.slow

@@ -64,6 +64,21 @@ def test_command_line_strings_become_the_schema_types():
                                         "installed lmms-eval; allowed: synth_colour"),
     ({"eval__tasks": ["gqa"], "eval__backend": "synthetic"}, "config key 'eval.tasks' names ['gqa'], not a task of "
                                                              "the synthetic evaluator; allowed: synth_colour"),
+    # the model's checkpoints: what the source reads exists, what it ignores is refused (issue 33)
+    ({"model__path": "/x"}, "config key 'model.path' is '/x' but model.source is tiny, which reads model.tiny (no "
+                            "checkpoint) and would ignore it; remove model.path, or set model.source: llava"),
+    ({"model__source": "llava", "model__path": "/no/such/dir"}, "config key 'model.path' is '/no/such/dir': no such "
+                                                                "folder, and not a hub id (owner/name)"),
+    ({"model__source": "llava"}, "config key 'model.path' is missing; model.source llava needs model.path"),
+    ({"model__source": "compose", "model__llm": "lmsys/vicuna-7b-v1.5"}, "config key 'model.vision_tower' is "
+                                                                         "missing; model.source compose needs"),
+    ({"grid__method": "visionzip:dominant=0.5+dominant=0.6"}, "config key 'grid.method' is 'visionzip:dominant=0.5+"
+                                                              "dominant=0.6': VTP option 'dominant' is given twice"),
+    ({"grid__r": 0}, "config key 'grid.r' is 0; allowed: 0 < r < 1. r is DualSpeed's probability of a slow"),
+    ({"grid__r_sweep": [0.1, 1.0]}, "config key 'grid.r_sweep' has 1; allowed: 0 < r < 1"),
+    ({"model__tiny": {"image_size": 30, "patch_size": 4}}, "config key 'model.tiny.image_size' is 30, not a multiple "
+                                                           "of model.tiny.patch_size (4): the tower reads whole "
+                                                           "patches; allowed: e.g. 28 or 32"),
 ])
 def test_errors_name_key_value_and_what_is_allowed_first(over, first_line):
     with pytest.raises(PlanError) as e:
@@ -117,8 +132,9 @@ def test_the_synthetic_images_take_the_models_geometry(tmp_path):
     assert (synth_settings(nxt)["image_size"], synth_settings(nxt)["patch_size"]) == (32, 4)  # the base crop + 2x2 grid
     with pytest.raises(PlanError, match="'model.image_grid_pinpoints' is \\[\\[16, 32\\]\\]: the synthetic images are square"):
         check(with_(model__image_grid_pinpoints=[[16, 32]]), SCHEMA)
-    smk = [sys.executable, "-m", "snakemake", "-n", "-p", "--cores", "1", "resources/synth/synth_meta.json",
-           "--forcerun", "synthesize", "--config", "model={tiny: {image_size: 48, patch_size: 8}}"]
+    # other images are other data: they go to a folder of their own, never the default's resources/synth
+    smk = [sys.executable, "-m", "snakemake", "-n", "-p", "--cores", "1", "resources/geom/synth_meta.json",
+           "--forcerun", "synthesize", "--config", "model={tiny: {image_size: 48, patch_size: 8}}", "recipe=geom"]
     plan = subprocess.run(smk, cwd=ROOT, capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"},
                           timeout=300)
     assert plan.returncode == 0, plan.stderr[-2000:]
@@ -173,3 +189,55 @@ def test_pdrop_layers_fit_the_smoke_llm_and_the_7b_recipes():
     for name in ("llava15_7b", "llava_next_7b"):
         real = yaml.safe_load((ROOT / "config" / f"{name}.yaml").read_text())
         assert real["pdrop"]["layers"] == [8, 16, 24] and real["pdrop"]["lam"] == 0.5
+
+
+def test_a_model_folder_must_hold_a_checkpoint_and_a_hub_id_passes(tmp_path):
+    empty = tmp_path / "ckpt"
+    empty.mkdir()
+    with pytest.raises(PlanError, match="the folder holds no config.json"):
+        check(with_(model__source="llava", model__path=str(empty)), SCHEMA)
+    (empty / "config.json").write_text("{}")
+    assert check(with_(model__source="llava", model__path=str(empty)), SCHEMA)["model"]["path"] == str(empty)
+    assert check(with_(model__source="llava", model__path="llava-hf/llava-1.5-7b-hf"), SCHEMA)
+
+
+def test_a_grid_on_other_data_never_takes_the_defaults_folders():
+    from dualspeed.grid.folders import committed_grids, own_folders
+
+    grids = committed_grids(ROOT / "config")
+    other = with_(data__synth={**DEFAULT["data"]["synth"], "n_sft": 10})
+    cfg, note = own_folders(other, grids)
+    name = cfg["recipe"]
+    assert name.startswith("synth-") and note and "runs_dir: runs/" + name in note and "the default grid" in note
+    assert (cfg["runs_dir"], cfg["results_dir"], cfg["figures_dir"], cfg["data"]["root"]) == (
+        f"runs/{name}", f"results/{name}", f"paper_figures/{name}", f"resources/{name}")
+    assert own_folders(with_(data__synth={**DEFAULT["data"]["synth"], "n_sft": 11}), grids)[0]["recipe"] != name
+    # its own recipe names the folders it left at the default's
+    assert own_folders(with_(data__synth={**DEFAULT["data"]["synth"], "n_sft": 10}, recipe="mine"), grids)[0][
+        "results_dir"] == "results/mine"
+    # every committed grid keeps its folders: the same data may share them (config/full.yaml adds rows to the
+    # default's, smoke_next.yaml reads smoke.yaml's images), other data has folders of its own
+    for label, g in grids.items():
+        assert own_folders(g, grids) == (g, None), label
+    # a recipe whose derived folder is the default's data folder is refused, naming the keys
+    with pytest.raises(PlanError, match="config key 'data.root' is 'resources/synth', a folder of the default grid"):
+        own_folders(with_(data__synth={**DEFAULT["data"]["synth"], "n_sft": 10}, recipe="synth"), grids)
+
+
+def test_own_data_over_another_committed_grid_takes_none_of_its_folders():
+    """An overlay on config/smoke.yaml keeps smoke's recipe and folders unless it names its own: they are derived."""
+    from dualspeed.grid.folders import committed_grids, merge, own_folders
+
+    grids = committed_grids(ROOT / "config")
+    mine = merge(grids["config/smoke.yaml"], {"data": {"kind": "local", "sft_json": "/d/sft.json",
+                                                       "image_folder": "/d/img", "pretrain_json": "/d/pre.json"}})
+    cfg, note = own_folders(mine, grids)
+    assert "config/smoke.yaml" in note and cfg["recipe"].startswith("own-d-")
+    assert cfg["runs_dir"] == f"runs/{cfg['recipe']}" and cfg["data"]["root"] == f"resources/{cfg['recipe']}"
+
+
+def test_every_committed_config_is_a_guarded_grid():
+    from dualspeed.grid.folders import COMMITTED
+
+    files = {f.name for f in (ROOT / "config").glob("*.yaml")} - {"config.yaml", "downloads.yaml"}
+    assert files == {f for fs in COMMITTED.values() for f in fs}

@@ -41,7 +41,7 @@ argv = sys.argv[1:]
 with open(os.path.join(rec, "srun.jsonl"), "a") as f:
     f.write(json.dumps(argv) + "\\n")
 if "dualspeed.launch" in argv:
-    cmd = argv[argv.index("python"):]
+    cmd = argv[argv.index("dualspeed.launch") - 2:]  # <the workflow's python> -m dualspeed.launch ...
     cmd.insert(cmd.index("dualspeed.launch") + 1, "--dry-run")
     for task in range(2):
         env = {**os.environ, "SLURM_STEP_NODELIST": "gpu-[01-02]", "SLURM_STEP_NUM_NODES": "2", "SLURM_NNODES": "2",
@@ -126,10 +126,10 @@ def test_a_two_node_sft_job_asks_for_two_nodes_of_eight_gpus_and_runs_one_torchr
     # the job step runs the rule's command as is (mpi): the one srun is ours, over both nodes, one task each
     assert len(sruns) == 1, (sruns, batch_log[-3000:])
     srun = sruns[0]
-    assert srun[:srun.index("python")] == ["--nodes=2", "--ntasks=2", "--ntasks-per-node=1", "--cpus-per-task=64",
-                                           "--kill-on-bad-exit=1"]
-    assert srun[srun.index("python"):srun.index("--spec")] == [
-        "python", "-m", "dualspeed.launch", "--nnodes", "2", "--nproc-per-node", "8", "-m", "dualspeed.train"]
+    assert srun[:srun.index(PY)] == ["--nodes=2", "--ntasks=2", "--ntasks-per-node=1", "--cpus-per-task=64",
+                                     "--kill-on-bad-exit=1"]
+    assert srun[srun.index(PY):srun.index("--spec")] == [  # the workflow's interpreter, not PATH's python
+        PY, "-m", "dualspeed.launch", "--nnodes", "2", "--nproc-per-node", "8", "-m", "dualspeed.train"]
     spec = json.loads(srun[srun.index("--spec") + 1])
     assert spec["train"]["global_batch_size"] == 128 and spec["train"]["batch_size"] == 8
     # each node's agent: torchrun over 2 nodes x 8 processes, meeting at the first node under the job's id
@@ -157,12 +157,14 @@ def test_a_one_node_job_keeps_the_gpu_count_and_the_job_steps_srun(tmp_path):
 
 
 def test_the_rules_command_for_one_and_many_nodes():
-    assert launch.command(1, 0, 4) == "python -m"
-    assert launch.command(1, 1, 4) == "python -m"
-    assert launch.command(1, 8, 64) == "torchrun --standalone --nproc_per_node=8 -m"
+    py = shlex.quote(PY)  # the interpreter running the workflow, never PATH's python or torchrun
+    assert launch.command(1, 0, 4) == f"{py} -m"
+    assert launch.command(1, 1, 4) == f"{py} -m"
+    assert launch.command(1, 8, 64) == f"{py} -m torch.distributed.run --standalone --nproc_per_node=8 -m"
     assert launch.command(4, 8, 64) == ("srun --nodes=4 --ntasks=4 --ntasks-per-node=1 --cpus-per-task=64 "
-                                        "--kill-on-bad-exit=1 python -m dualspeed.launch --nnodes 4 "
+                                        f"--kill-on-bad-exit=1 {py} -m dualspeed.launch --nnodes 4 "
                                         "--nproc-per-node 8 -m")
+    assert launch.command(1, 0, 4, python="/opt/my env/bin/python") == "'/opt/my env/bin/python' -m"
 
 
 def test_outside_slurm_the_rendezvous_comes_from_the_environment():
@@ -197,3 +199,24 @@ def test_in_a_slurm_step_the_first_node_hosts_the_rendezvous(tmp_path, monkeypat
                           "--spec", "{}"], env={**os.environ, **env, "PATH": f"{bin_}:{os.environ['PATH']}"},
                          capture_output=True, text=True, timeout=60)
     assert res.returncode == 0 and "--rdzv_endpoint gpu-01:23456" in res.stdout, res.stderr
+
+
+def test_the_account_joins_the_profiles_default_resources_instead_of_replacing_them():
+    """`--default-resources slurm_account=<acct>` replaced the profile's whole block (mem_mb 16000 -> 1000, no
+    cpus_per_task for the download jobs); DUALSPEED_SLURM_ACCOUNT adds the account and keeps the rest."""
+    def resources(**env):
+        res = subprocess.run([PY, "-m", "snakemake", "-n", "--forceall", "--cores", "2", "--profile", "slurm",
+                              "--configfile", "config/llava15_7b.yaml"], cwd=ROOT, capture_output=True, text=True,
+                             timeout=600, env={**{k: v for k, v in os.environ.items()
+                                                  if k != "DUALSPEED_SLURM_ACCOUNT"}, **env})
+        assert res.returncode == 0, res.stderr[-3000:]
+        lines = [ln.split("resources:", 1)[1] for ln in (res.stdout + res.stderr).splitlines() if "resources:" in ln]
+        return [dict(kv.strip().split("=", 1) for kv in ln.split(",") if "=" in kv) for ln in lines]
+
+    jobs = resources(DUALSPEED_SLURM_ACCOUNT="proj42")
+    assert len(jobs) > 50 and all(j["slurm_account"] == "proj42" for j in jobs)
+    downloads = [j for j in jobs if "gpu" not in j]
+    assert downloads and all(j["mem_mb"] == "16000" and j["cpus_per_task"] == "4" for j in downloads)
+    assert all(j["slurm_account"] == "" for j in resources())  # unset: none given, the plugin guesses
+    advice = (ROOT / "docs" / "slurm.md").read_text()
+    assert "DUALSPEED_SLURM_ACCOUNT=<acct>" in advice

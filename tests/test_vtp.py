@@ -102,3 +102,34 @@ def test_full_grid_compares_every_method_of_the_package():
     # the default grid runs DivPrune alone to fit its time; the full grid compares every method
     cfg = yaml.safe_load((Path(__file__).parents[1] / "config" / "full.yaml").read_text())
     assert set(cfg["grid"]["methods"]) == ours, "add the new method to grid.methods in config/full.yaml"
+
+
+def test_a_plugin_that_declares_no_options_refuses_one_naming_it(registry):
+    @vtp.register("l2norm_test")
+    class L2Norm(vtp.VTPMethod):
+        def select(self, feats, k, ctx):
+            return feats.norm(dim=-1).topk(k, dim=1).indices
+
+    assert vtp.get("l2norm_test").name == "l2norm_test"
+    with pytest.raises(ValueError, match=r"'l2norm_test' does not take options \['foo'\]; its options: it takes none"):
+        vtp.check("l2norm_test:foo=1")
+
+
+def test_an_option_given_twice_is_refused():
+    with pytest.raises(ValueError, match="'dominant' is given twice"):
+        vtp.parse("visionzip:dominant=0.5+dominant=0.6")
+    assert vtp.parse("visionzip:dominant=0.5+contextual=2") == ("visionzip", {"dominant": 0.5, "contextual": 2})
+
+
+def test_a_plugin_that_fails_to_import_is_named(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    bad = tmp_path / "broken_method.py"
+    bad.write_text("import no_such_module_here\n")
+    res = subprocess.run([sys.executable, "-c", "import dualspeed.vtp"], capture_output=True, text=True,
+                         env={**os.environ, "DUALSPEED_VTP_PLUGINS": str(bad)}, timeout=300)
+    assert res.returncode != 0
+    last = res.stderr.strip().splitlines()[-1]
+    assert str(bad) in last and "ModuleNotFoundError" in last and "no_such_module_here" in last, res.stderr[-2000:]

@@ -74,14 +74,13 @@ def test_a_selection_plugin_written_against_the_old_interface_still_runs(tiny_mo
 
 
 def test_readme_examples_run_in_the_model(tiny_model, batch, registry, tmp_path):
-    """The selection and the merge method of README's 'Adding a VTP method', each loaded as one file."""
+    """The selection and the merge method of docs/adding-a-method.md, each loaded as one file."""
     import re
     from pathlib import Path
 
     from dualspeed.vtp import _load_external
 
-    readme = (Path(__file__).parents[1] / "README.md").read_text()
-    section = readme.split("## Adding a VTP method")[1].split("\n## ")[0]
+    section = (Path(__file__).parents[1] / "docs" / "adding-a-method.md").read_text()
     blocks = re.findall(r"```python\n(.*?)```", section, re.S)
     assert len(blocks) == 2
     for i, code in enumerate(blocks):

@@ -118,6 +118,12 @@ def check_data(json_path, image_folder, workers: int | None = None, cache_file: 
                progress: bool = True) -> tuple[list, list[Problem]]:
     """-> (rows, problems): every sample of `json_path`, and one Problem per bad sample."""
     rows, folder = read_rows(json_path), Path(image_folder)
+    if not rows:
+        raise DataError(f"{json_path} holds no samples (an empty list): there is nothing to train on")
+    with_image = sum(1 for s in rows if isinstance(s, dict) and "image" in s)
+    if with_image and not folder.is_dir():  # one line, not one 'not found' per sample
+        raise DataError(f"image folder {folder} does not exist ({with_image} of {len(rows)} samples of {json_path} "
+                        "name an image in it); give the folder their image paths are relative to")
     problems: dict[int, Problem] = {}
     images: dict[int, str] = {}
     for i, s in enumerate(rows):
@@ -140,10 +146,16 @@ def checked_rows(data_cfg, out_dir: Path, progress: bool = True) -> tuple[list, 
     """The training job's data check: -> (the samples to train on, how many were skipped).
 
     bad_images=fail raises with one line per bad sample; skip drops them and lists them in the run dir."""
-    rows, problems = check_data(data_cfg.json, data_cfg.image_folder, progress=progress)
+    try:
+        rows, problems = check_data(data_cfg.json, data_cfg.image_folder, progress=progress)
+    except DataError as e:
+        raise DataError(f"config key 'data.json': {e}") from None
     if not problems:
         return rows, 0
     lines = [p.line() for p in problems]
+    if data_cfg.bad_images == "skip" and len(problems) == len(rows):
+        raise DataError(f"config key 'data.json' ({data_cfg.json}): all {len(rows)} samples are unusable, so "
+                        "data.bad_images: skip leaves nothing to train on; the first:\n" + "\n".join(lines[:5]))
     if data_cfg.bad_images == "skip":
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / SKIPPED_FILE).write_text(json.dumps([p.__dict__ for p in problems], indent=2))

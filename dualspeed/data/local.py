@@ -1,6 +1,6 @@
 """A user's own LLaVA-format data (data.kind: local): checked, and what the tiny recipe derives from it.
 
-    python -m dualspeed.data local --out resources/<recipe> --sft-json FILE --image-folder DIR \
+    python -m dualspeed.data local --out resources/<recipe> --sft-json FILE --image-folder DIR \\
         [--pretrain-json FILE --pretrain-image-folder DIR] [--task NAME=JSON::DIR ...] [--tiny] [--bad-images skip]
 
 First the data check of every file (conversations validated, every image decoded; the training jobs check again,
@@ -42,6 +42,10 @@ def checked(json_path, folder, bad_images: str, key: str) -> list[dict]:
         raise DataError(f"{key} ({json_path}): {len(problems)} of {len(rows)} samples are unusable:\n{lines}\n"
                         "Fix or remove them, or set data.bad_images: skip to train without them.")
     bad = {p.index for p in problems}
+    if len(bad) == len(rows):
+        lines = "\n".join(p.line() for p in problems[:5])
+        raise DataError(f"{key} ({json_path}): all {len(rows)} samples are unusable, so data.bad_images: skip leaves "
+                        f"nothing to train on; the first:\n{lines}")
     print(f"[data] {key} {json_path}: {len(rows)} samples, {len(problems)} bad"
           + (" (skipped)" if problems else ""), file=sys.stderr)
     return [r for i, r in enumerate(rows) if i not in bad]

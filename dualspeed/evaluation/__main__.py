@@ -1,7 +1,7 @@
 """Evaluate a checkpoint on the synthetic held-out sets, in one or more inference modes.
 
     python -m dualspeed.evaluation --ckpt runs/x/sft/hf --data resources/synth --mode normal
-    python -m dualspeed.evaluation --ckpt runs/x/sft/hf --data resources/synth --mode normal,pruned,pruned_noiso \
+    python -m dualspeed.evaluation --ckpt runs/x/sft/hf --data resources/synth --mode normal,pruned,pruned_noiso \\
         --out 'results/metrics/x/{mode}.json'      # every mode in one process, one file each
 
 The lmms-eval benchmarks: `python -m dualspeed.evaluation.lmms`.
@@ -16,7 +16,7 @@ from .. import cli, provenance
 from ..models import clip_text
 from ..data.synth_tasks import TASKS
 from ..modes import INFERENCE_MODES
-from .predictor import pdrop_settings
+from .predictor import check_pruning, pdrop_settings
 from .runner import run_modes
 from .synthetic import evaluate
 
@@ -29,7 +29,8 @@ def main(argv=None):
     ap.add_argument("--tasks", default=",".join(f"synth_{t}" for t in TASKS))
     ap.add_argument("--limit", type=int, default=0, help="first N questions per task; 0 = all")
     ap.add_argument("--method", help="VTP method for pruned modes (default: the run's own)")
-    ap.add_argument("--ratio", type=float, help="p for pruned modes (default: the run's own)")
+    ap.add_argument("--ratio", type=float, help="p for pruned modes (default: the run's own; required for a run that "
+                    "never pruned, the baseline)")
     ap.add_argument("--point", default="{}", help="JSON describing the grid point, copied into the output")
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--device", default="cpu")
@@ -41,6 +42,10 @@ def main(argv=None):
     ap.add_argument("--pdrop-lam", type=float, default=0.5, help="pdrop mode: each stage's keep ratio (with --pdrop-layers)")
     ap.add_argument("--out", help="output JSON; with several modes a template with '{mode}'")
     a = ap.parse_args(argv)
+    try:  # a pruned mode's method and p, checked before the checkpoint loads
+        check_pruning(a.ckpt, a.mode.split(","), a.method, a.ratio)
+    except ValueError as e:
+        ap.error(str(e))
 
     def one(mode: str, _out) -> dict:
         set_seed(a.seed)  # each mode draws the same random stream, as in a job of its own

@@ -1,6 +1,7 @@
 """Batched greedy inference on an exported checkpoint in an inference mode (normal, pruned, pruned_noiso)."""
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -8,10 +9,11 @@ from pathlib import Path
 import torch
 from PIL import Image
 
+from .. import vtp
 from ..data.conversation import IMAGE_TOKEN, build_prompt
 from ..data.images import check_aspect, default_aspect, process_image, stack_images
 from ..models import clip_text as clip_lib
-from ..models.checkpoint import load_exported
+from ..models.checkpoint import load_exported, read_meta
 from ..models.prune import Prune
 from ..modes import INFERENCE_MODES, PDROP_MODE
 
@@ -43,6 +45,47 @@ def pdrop_settings(layers: str | None, lam: float | str | None) -> dict | None:
             "lam": float(lam) if lam not in (None, "") else 0.5}
 
 
+def pruning(meta: dict, method: str | None, ratio: float | None, where) -> tuple[str, float]:
+    """The VTP method and p of pruned inference: the ones given, else the run's own. A run that never pruned has no
+    p of its own (its p is 0: "pruned" would keep every token and equal normal inference), so it needs one given."""
+    fs = meta.get("fastslow", {})
+    if ratio is None:
+        if not fs.get("prune", True) or not fs.get("ratio"):
+            raise ValueError(f"{where} was trained without pruning, so it has no p of its own (0 would keep every "
+                             "visual token: pruned inference would be normal inference); give the p to prune with "
+                             "(--ratio, Predictor(ratio=...)), e.g. 0.9, and a method (--method, default divprune)")
+        ratio = fs["ratio"]
+    if not 0.0 <= float(ratio) < 1.0:
+        raise ValueError(f"--ratio {ratio}: p, the fraction of visual tokens pruned, must be in [0, 1)")
+    return method or fs.get("method") or "divprune", float(ratio)
+
+
+def crop_tokens(ckpt) -> int | None:
+    """Visual tokens per crop of an export, from its config.json (no model loaded); None where it does not say."""
+    try:
+        vision = json.loads((Path(ckpt) / "config.json").read_text())["vision_config"]
+        return (int(vision["image_size"]) // int(vision["patch_size"])) ** 2
+    except (OSError, KeyError, TypeError, ValueError):
+        return None
+
+
+def check_pruning(ckpt, modes: list[str], method: str | None, ratio: float | None) -> tuple[str, float] | None:
+    """Before any model loads: the method and p pruned modes will run with, the method's options checked by its
+    own spec against the tokens a crop keeps (vtp.check, as at plan time); None when no mode prunes."""
+    if not any(INFERENCE_MODES.get(m, (False,))[0] for m in modes):
+        return None
+    if not (Path(ckpt) / "config.json").is_file():
+        raise ValueError(f"no checkpoint at {ckpt} (expected an export: a finished run's hf/ dir with config.json)")
+    method, ratio = pruning(read_meta(Path(ckpt)), method, ratio, ckpt)
+    n = crop_tokens(ckpt)
+    keep = {vtp.keep_count(n, ratio): f"p={ratio:g} of the {n} tokens per crop of {ckpt}"} if n else {}
+    try:
+        vtp.check(method, keep)
+    except KeyError as e:
+        raise ValueError(e.args[0]) from None
+    return method, ratio
+
+
 @dataclass
 class Query:
     question: str
@@ -56,6 +99,7 @@ class Predictor:
         if mode not in INFERENCE_MODES:
             raise ValueError(f"unknown inference mode '{mode}'; choose one of {', '.join(INFERENCE_MODES)}")
         torch_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
+        chosen = check_pruning(ckpt, [mode], method, ratio)  # before the checkpoint loads
         self.model, self.tokenizer, self.processor, self.meta = load_exported(ckpt, torch_dtype, device)
         fs = self.meta.get("fastslow", {})
         # images are preprocessed as the checkpoint's last stage trained on them (LLaVA-1.5: padded to a
@@ -68,10 +112,8 @@ class Predictor:
         self.isolator = use_isolator and isolator_trained(self.meta)
         self.prune = None
         if do_prune:
-            # default to what the run was trained with; explicit arguments override
-            method = method or fs.get("method") or "divprune"
-            ratio = ratio if ratio is not None else fs.get("ratio", 0.9)
-            self.prune = Prune(method, float(ratio), seed=seed)
+            method, ratio = chosen  # the arguments, else what the run was trained with (check_pruning)
+            self.prune = Prune(method, ratio, seed=seed)
             # the relevance signal from the CLIP text tower the export carries (auto), if its method reads it
             where = clip_lib.for_checkpoint(ckpt, clip_text) if "relevance" in self.prune.signals else None
             if where:

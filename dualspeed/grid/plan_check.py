@@ -6,21 +6,16 @@ converted to the schema's types first, so the command line and an overlay YAML b
 """
 from __future__ import annotations
 
-import importlib.util
-import re
-from functools import lru_cache
 from pathlib import Path
 
 import yaml
 
 from ..config import ConfigError, TrainConfig, batch_plan
-from ..data.synth_tasks import TASKS as SYNTH_TASKS
 from ..typed_merge import merge
 from . import recipe
-
-
-class PlanError(ValueError):
-    pass
+from .plan_data import (check_eval_tasks, check_local_data, check_local_tasks, check_model,  # noqa: F401
+                        include_path_tasks, lmms_eval_tasks)
+from .plan_error import PlanError
 
 
 # keys that moved, and where their value comes from now
@@ -120,7 +115,12 @@ def check_methods(config: dict) -> None:
     from .. import vtp
 
     grid, known = config["grid"], vtp.available()
-    hint = "; add a file to dualspeed/vtp/ or name it in DUALSPEED_VTP_PLUGINS (README, 'Adding a VTP method')"
+    hint = "; add a file to dualspeed/vtp/ or name it in DUALSPEED_VTP_PLUGINS (docs/adding-a-method.md)"
+    for key, spec in [("grid.method", grid["method"])] + [("grid.methods", m) for m in grid["methods"]]:
+        try:
+            vtp.parse(spec)  # a malformed spec (an option given twice, not key=value), named with its key
+        except ValueError as e:
+            raise PlanError(f"config key '{key}' {'is' if key == 'grid.method' else 'has'} {spec!r}: {e}") from None
     unknown = [m for m in grid["methods"] if vtp.parse(m)[0] not in known]
     if vtp.parse(grid["method"])[0] not in known:
         raise PlanError(f"config key 'grid.method' is {grid['method']!r}, not a registered VTP method; "
@@ -147,115 +147,27 @@ def check_synthetic_images(config: dict) -> None:
             raise PlanError(str(e)) from None
 
 
-@lru_cache(maxsize=1)
-def lmms_eval_tasks() -> frozenset[str]:
-    """Task and group names of the installed lmms-eval, read from its task YAMLs (no import: fast)."""
-    spec = importlib.util.find_spec("lmms_eval")
-    if spec is None or not spec.submodule_search_locations:
-        return frozenset()
-    pat = re.compile(r"""^\s*(?:task|group):\s*["']?([A-Za-z0-9_.\-]+)["']?\s*(?:#.*)?$""", re.M)
-    names: set[str] = set()
-    for f in (Path(spec.submodule_search_locations[0]) / "tasks").rglob("*.yaml"):
-        names.update(pat.findall(f.read_text(errors="ignore")))
-    return frozenset(names)
+def check_slow_prob(config: dict) -> None:
+    """DualSpeed's r is a probability strictly between 0 and 1: at 0 it never takes a slow step, at 1 never a fast one."""
+    g = config["grid"]
+    for key, values in (("grid.r", [g["r"]]), ("grid.r_sweep", g["r_sweep"])):
+        for r in values:
+            if not 0 < r < 1:
+                raise PlanError(f"config key '{key}' {'is' if key == 'grid.r' else 'has'} {r:g}; allowed: 0 < r < 1. "
+                                "r is DualSpeed's probability of a slow (full-sequence) step: at r = 0 it never takes "
+                                "one (the fast-slow rows without their teacher), at r = 1 never a fast one (no "
+                                "pruning, no speedup)")
 
 
-def _path_problem(key: str, value, want: str) -> str | None:
-    ok = Path(value).is_file() if want == "file" else Path(value).is_dir()
-    if ok:
-        return None
-    what = "a JSON file" if want == "file" else "a folder"
-    return f"config key '{key}' is {value!r}: no such {want}; give {what} that exists (paths are relative to the " \
-           f"directory snakemake runs in, {Path.cwd()})"
-
-
-def check_local_data(config: dict) -> None:
-    """data.kind local: every path the jobs will read exists, named by its key; pretraining data may be absent
-    only where the model already has a trained projector (model.source llava: an SFT-only grid)."""
-    d, source = config["data"], config["model"]["source"]
-    if d["kind"] != "local":
-        given = [k for k in ("pretrain_json", "sft_json", "image_folder", "pretrain_image_folder") if k in d]
-        if d["kind"] == "synthetic" and given:  # silently training on generated data would be worse than stopping
-            raise PlanError(f"config key 'data.{given[0]}' is set but data.kind is 'synthetic', which generates its "
-                            "own data; set data.kind: local to train on your files")
+def check_tiny_geometry(config: dict) -> None:
+    """The tiny tower cuts its input into whole patches."""
+    if config["model"]["source"] != "tiny":
         return
-    for key in ("sft_json", "image_folder"):
-        if not d.get(key):
-            raise PlanError(f"config key 'data.{key}' is missing; data.kind local needs data.sft_json and "
-                            "data.image_folder (docs/own-data.md)")
-    if not d.get("pretrain_json") and source != "llava":
-        raise PlanError(f"config key 'data.pretrain_json' is missing; model.source {source} starts with a fresh "
-                        "projector that pretraining must train. Give pretraining data, or start from a llava-hf "
-                        "checkpoint (model.source: llava, model.path) for an SFT-only grid")
-    if not d.get("pretrain_json") and not config["model"].get("path"):
-        raise PlanError("config key 'model.path' is missing; an SFT-only grid (no data.pretrain_json) starts every row "
-                        "from a llava-hf checkpoint: give its hub id or folder, e.g. llava-hf/llava-1.5-7b-hf")
-    checks = [("data.sft_json", d["sft_json"], "file"), ("data.image_folder", d["image_folder"], "dir")]
-    if d.get("pretrain_json"):
-        checks += [("data.pretrain_json", d["pretrain_json"], "file"),
-                   ("data.pretrain_image_folder" if "pretrain_image_folder" in d else "data.image_folder",
-                    d.get("pretrain_image_folder", d["image_folder"]), "dir")]
-    elif "pretrain_image_folder" in d:
-        raise PlanError("config key 'data.pretrain_image_folder' is set without data.pretrain_json; give both or neither")
-    for key, name, want in checks:
-        why = _path_problem(key, name, want)
-        if why:
-            raise PlanError(why)
-
-
-def include_path_tasks(path: str) -> set[str]:
-    """Task and group names of the lmms-eval YAMLs under a directory (eval.include_path)."""
-    pat = re.compile(r"""^\s*(?:task|group):\s*["']?([A-Za-z0-9_.\-]+)["']?\s*(?:#.*)?$""", re.M)
-    return {n for f in Path(path).rglob("*.yaml") for n in pat.findall(f.read_text(errors="ignore"))}
-
-
-def check_local_tasks(config: dict) -> set[str]:
-    """eval.local_tasks and eval.include_path: their paths exist -> the task names they add."""
-    e, d = config["eval"], config["data"]
-    names = set()
-    if e.get("local_tasks") and d["kind"] != "local":
-        raise PlanError(f"config key 'eval.local_tasks' is set but data.kind is '{d['kind']}'; allowed with "
-                        "data.kind local, whose preparation writes the task files (other data: put lmms-eval task "
-                        "YAMLs in a folder and name it in eval.include_path)")
-    synth = {f"synth_{t}" for t in SYNTH_TASKS}
-    for name, task in (e.get("local_tasks") or {}).items():
-        if name in synth:
-            raise PlanError(f"config key 'eval.local_tasks.{name}': the name is a synthetic task's; choose another")
-        for key, want in (("json", "file"), ("image_folder", "dir")):
-            why = _path_problem(f"eval.local_tasks.{name}.{key}", task[key], want)
-            if why:
-                raise PlanError(why)
-        names.add(name)
-    if e.get("include_path"):
-        why = _path_problem("eval.include_path", e["include_path"], "dir")
-        if why:
-            raise PlanError(why)
-        found = include_path_tasks(e["include_path"])
-        if not found:
-            raise PlanError(f"config key 'eval.include_path' is {e['include_path']!r}: no lmms-eval task YAML (a "
-                            "'task: NAME' line) under it")
-        names |= found
-    return names
-
-
-def check_eval_tasks(config: dict) -> None:
-    """Every evaluation task must exist before 30 jobs are planned around it."""
-    e, synthetic = config["eval"], config["data"]["kind"] == "synthetic"
-    local = {f"synth_{t}" for t in SYNTH_TASKS} if synthetic else set()  # written beside the synthetic data
-    local |= check_local_tasks(config)
-    if e["backend"] == "synthetic":
-        if not synthetic:
-            raise PlanError("config key 'eval.backend' is 'synthetic' but data.kind is not: the in-process evaluator "
-                            "reads the synthetic held-out sets; allowed with other data: lmms_eval")
-        known, what = local, "a task of the synthetic evaluator"
-    else:
-        known, what = local | lmms_eval_tasks(), "a local task (the synthetic data's, eval.local_tasks, " \
-            "eval.include_path) or a task of the installed lmms-eval"
-    bad = [t for t in e["tasks"] if t not in known]
-    if bad:
-        shown = sorted(local) or sorted(known)[:12]
-        more = "" if len(shown) == len(known) else f", ... ({len(known)} in all; `lmms-eval --tasks list` lists them)"
-        raise PlanError(f"config key 'eval.tasks' names {bad}, not {what}; allowed: {', '.join(shown)}{more}")
+    size, patch = recipe.tiny_geometry(config)
+    if size % patch:
+        near = sorted({size - size % patch, size - size % patch + patch} - {0})
+        raise PlanError(f"config key 'model.tiny.image_size' is {size}, not a multiple of model.tiny.patch_size "
+                        f"({patch}): the tower reads whole patches; allowed: e.g. {' or '.join(map(str, near))}")
 
 
 def train_world_size(config: dict) -> int:
@@ -314,6 +226,9 @@ def check_pdrop(config: dict) -> None:
 def check(config: dict, schema_path: str | Path) -> dict:
     """Everything a job will need, checked at plan time -> the config with command-line values coerced."""
     config = validate_schema(config, schema_path)
+    check_tiny_geometry(config)
+    check_slow_prob(config)
+    check_model(config)
     check_methods(config)
     check_synthetic_images(config)
     check_local_data(config)

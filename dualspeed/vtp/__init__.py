@@ -17,7 +17,15 @@ __all__ = ["SIGNALS", "MergeMethod", "Option", "Reduced", "VTPContext", "VTPMeth
            "keep_count", "parse", "register"]
 
 for _mod in pkgutil.iter_modules(__path__):  # every file here is the interface or a method
-    importlib.import_module(f"{__name__}.{_mod.name}")
+    try:
+        importlib.import_module(f"{__name__}.{_mod.name}")
+    except Exception as _e:  # noqa: BLE001 - name the file that failed, not only the line inside it
+        raise PluginImportError(f"VTP method file {Path(__path__[0]) / (_mod.name + '.py')} failed to import: "
+                                f"{type(_e).__name__}: {_e}") from _e
+
+
+class PluginImportError(ImportError):
+    pass
 
 
 def _load_external(spec: str) -> None:
@@ -27,9 +35,14 @@ def _load_external(spec: str) -> None:
             raise FileNotFoundError(f"DUALSPEED_VTP_PLUGINS names {spec}, which does not exist")
         mspec = importlib.util.spec_from_file_location(f"dualspeed_vtp_ext_{path.stem}", path)
         module = importlib.util.module_from_spec(mspec)
-        mspec.loader.exec_module(module)
+        load, where = (lambda: mspec.loader.exec_module(module)), f"the file {path}"
     else:
-        importlib.import_module(spec)
+        load, where = (lambda: importlib.import_module(spec)), f"the module {spec}"
+    try:
+        load()
+    except Exception as e:  # noqa: BLE001 - whatever the plugin raised, say which plugin it was
+        raise PluginImportError(f"VTP plugin {where} (named in DUALSPEED_VTP_PLUGINS) failed to import: "
+                                f"{type(e).__name__}: {e}") from e
 
 
 for _spec in filter(None, os.environ.get("DUALSPEED_VTP_PLUGINS", "").split(os.pathsep)):

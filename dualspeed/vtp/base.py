@@ -233,6 +233,8 @@ def parse(spec: str) -> tuple[str, dict]:
         key, eq, val = item.partition("=")
         if not eq:
             raise ValueError(f"VTP option '{item}' in '{spec}' is not key=value")
+        if key in out:  # the last value winning silently would run another configuration than the one written
+            raise ValueError(f"VTP option '{key}' is given twice in '{spec}'; give it once")
         try:
             out[key] = int(val) if val.lstrip("-").isdigit() else float(val)
         except ValueError:
@@ -242,7 +244,7 @@ def parse(spec: str) -> tuple[str, dict]:
 
 def _option_problem(cls, opts: dict) -> str | None:
     """What is wrong with options for method class `cls`, by its own spec (VTPMethod.options), or None."""
-    spec = cls.options
+    spec = {} if cls.options is None and cls.__init__ is object.__init__ else cls.options  # no spec, no constructor
     if spec is None:  # no spec declared: the constructor's keywords
         params = inspect.signature(cls.__init__).parameters.values()
         if any(p.kind == p.VAR_KEYWORD for p in params):
@@ -251,7 +253,8 @@ def _option_problem(cls, opts: dict) -> str | None:
                 if p.name != "self" and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
     unknown = sorted(set(opts) - set(spec))
     if unknown:
-        takes = "; ".join(f"{k}: {o.allowed}" for k, o in spec.items()) or "none"
+        takes = "; ".join(f"{k}: {o.allowed}" for k, o in spec.items()) or (
+            f"it takes none (use the plain name '{cls.name}'; a method takes those it declares in `options`)")
         return f"does not take options {unknown}; its options: {takes}"
     for key, value in opts.items():
         if not spec[key].ok(value):

@@ -8,9 +8,10 @@ from types import SimpleNamespace
 import yaml
 
 from snakemake.utils import validate
+from snakemake_interface_executor_plugins.settings import DeploymentMethod
 
 from dualspeed import launch
-from dualspeed.grid import plan_check, recipe
+from dualspeed.grid import folders, plan_check, recipe
 from dualspeed.grid.variants import (VARIANTS, all_points, all_tables, baseline_row, fmt,
                                      metrics_relpath, point, point_seeds, seeds, vtp_inference_paths)
 from dualspeed.grid.variants import own_modes, pdrop_inference_path
@@ -20,6 +21,17 @@ from dualspeed.modes import INFERENCE_MODES
 # first line of any error; VTP methods and evaluation tasks checked before a job is planned
 config.update(plan_check.check(config, workflow.source_path("../schemas/config.schema.yaml")))
 validate(config, schema="../schemas/config.schema.yaml")  # fills the schema's defaults
+# a grid on other data never writes into the data, runs, tables or figures of the default or another committed grid
+config_, note = folders.own_folders(config, folders.committed_grids(os.path.join(workflow.basedir, "config")))
+if note:
+    config.update(config_)
+    print(note, file=sys.stderr)
+
+# The interpreter of every job is the one running this workflow (the venv's), never whatever `python`, `torchrun`
+# or `srun ... python` finds on PATH (a job given the system Python failed at its first import). Under
+# --software-deployment-method conda each job runs in its conda environment, whose own python is on its PATH.
+# Jobs get it as params.py (a parameter, so Snakemake's provenance records it).
+PY = "python" if DeploymentMethod.CONDA in workflow.deployment_settings.deployment_method else shlex.quote(sys.executable)
 
 GRID = config["grid"]
 if config["model"]["source"] == "tiny" and set(config.get("standins", {})) != set(recipe.STANDINS):
@@ -106,7 +118,7 @@ def launcher(kind):
     """How a job starts its processes (dualspeed/launch.py): plain python, torchrun on one node, or one srun task
     per node, each a torchrun agent meeting at the first node."""
     r = config["resources"][kind]
-    return launch.command(r.get("nodes", 1), r["gpus"], r["cpus"])
+    return launch.command(r.get("nodes", 1), r["gpus"], r["cpus"], python=PY)
 
 
 def metrics_path(pt, mode):
@@ -228,13 +240,13 @@ def eval_command():
     common = (f"--tasks {','.join(e['tasks'])} --batch-size {e['batch_size']} --limit {e.get('limit', 0)} "
               f"--device {device} --dtype {dtype}")
     if e["backend"] == "synthetic":
-        return f"python -m dualspeed.evaluation --data {config['data']['root']} {common}"
+        return f"{PY} -m dualspeed.evaluation --data {config['data']['root']} {common}"
     tasks = {"synthetic": f"{config['data']['root']}/lmms_tasks", "local": recipe.data_paths(config).get("tasks")}
     folders = [p for p in (tasks.get(config["data"]["kind"]), e.get("include_path")) if p]
     where = f"--include-path {os.pathsep.join(folders)}" if folders else ""
     if config["data"]["kind"] != "synthetic":
         where += " --hf-home resources/hf_home"
-    return f"python -m dualspeed.evaluation.lmms {where} {common}"
+    return f"{PY} -m dualspeed.evaluation.lmms {where} {common}"
 
 
 def eval_params(wc):

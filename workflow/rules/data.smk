@@ -6,6 +6,7 @@ if config["data"]["kind"] == "synthetic":
         output:
             meta=f"{config['data']['root']}/synth_meta.json",
         params:
+            py=PY,
             # data.synth, and the image geometry of the model that reads the images (model.tiny)
             args=" ".join(f"--{k.replace('_', '-')} {shlex.quote(str(v))}" for k, v in recipe.synth_settings(config).items()),
             root=lambda wc, output: os.path.dirname(output.meta),
@@ -14,7 +15,7 @@ if config["data"]["kind"] == "synthetic":
         log:
             f"logs/{RECIPE}/synthesize.log",
         shell:
-            "python -m dualspeed.data synth --out {params.root} {params.args} > {log} 2>&1"
+            "{params.py} -m dualspeed.data synth --out {params.root} {params.args} > {log} 2>&1"
 
 elif config["data"]["kind"] == "local":
     # Your own data, on disk: the data check of every file, your benchmarks as lmms-eval tasks, and for the tiny
@@ -29,6 +30,7 @@ elif config["data"]["kind"] == "local":
         output:
             meta=recipe.data_paths(config)["meta"],
         params:
+            py=PY,
             args=prepare_local_args(),
             root=lambda wc, output: os.path.dirname(output.meta),
         conda:
@@ -36,7 +38,7 @@ elif config["data"]["kind"] == "local":
         log:
             f"logs/{RECIPE}/prepare_local.log",
         shell:
-            "python -m dualspeed.data local --out {params.root:q} {params.args} > {log} 2>&1"
+            "{params.py} -m dualspeed.data local --out {params.root:q} {params.args} > {log} 2>&1"
 
 if config["data"]["kind"] in DOWNLOADS["sets"]:
     # Real data: every file listed in config/downloads.yaml, fetched with resume and checked against
@@ -46,6 +48,7 @@ if config["data"]["kind"] in DOWNLOADS["sets"]:
         output:
             "resources/downloads/{name}.ok",
         params:
+            py=PY,
             entry=lambda wc: json.dumps(DOWNLOADS["files"][wc.name]),
         conda:
             "../../environment.yml"
@@ -57,7 +60,7 @@ if config["data"]["kind"] in DOWNLOADS["sets"]:
             runtime=lambda wc, attempt: 240 * attempt,
         retries: 3
         shell:
-            "python -m dualspeed.data fetch file --entry {params.entry:q} --stamp {output} > {log} 2>&1"
+            "{params.py} -m dualspeed.data fetch file --entry {params.entry:q} --stamp {output} > {log} 2>&1"
 
 
 if config["data"]["kind"] != "synthetic":
@@ -66,6 +69,7 @@ if config["data"]["kind"] != "synthetic":
         output:
             "resources/benchmarks/{bench}.ok",
         params:
+            py=PY,
             entry=lambda wc: wc.bench,
         conda:
             "../../environment.yml"
@@ -77,5 +81,5 @@ if config["data"]["kind"] != "synthetic":
             runtime=lambda wc, attempt: 120 * attempt,
         retries: 3
         shell:
-            "python -m dualspeed.data fetch benchmark --entry {params.entry:q} --cache resources/hf_home "
+            "{params.py} -m dualspeed.data fetch benchmark --entry {params.entry:q} --cache resources/hf_home "
             "--stamp {output} > {log} 2>&1"

@@ -16,6 +16,7 @@ rule table:
             labels={"table": "{table}"},
         ),
     params:
+        py=PY,
         cfg=REPORT_CFG,
         prefix=f"{RES}/tables/{{table}}",
     conda:
@@ -23,7 +24,7 @@ rule table:
     log:
         f"logs/{RECIPE}/report/table_{{table}}.log",
     shell:
-        "python -m dualspeed.report.tables --config-json {params.cfg:q} --table {wildcards.table} "
+        "{params.py} -m dualspeed.report.tables --config-json {params.cfg:q} --table {wildcards.table} "
         "--out {params.prefix} > {log} 2>&1"
 
 
@@ -38,6 +39,7 @@ rule figure:
             labels={"figure": "{figure}"},
         ),
     params:
+        py=PY,
         cfg=REPORT_CFG,
         prefix=f"{FIGS}/{{figure}}",
     wildcard_constraints:
@@ -47,5 +49,5 @@ rule figure:
     log:
         f"logs/{RECIPE}/report/figure_{{figure}}.log",
     shell:
-        "python -m dualspeed.report.figures --config-json {params.cfg:q} --figure {wildcards.figure} "
+        "{params.py} -m dualspeed.report.figures --config-json {params.cfg:q} --figure {wildcards.figure} "
         "--out {params.prefix} > {log} 2>&1"

@@ -11,6 +11,7 @@ if config["model"]["source"] == "tiny":
         output:
             timing=f"{RUNS}/standins/{{kind}}/timing.json",
         params:
+            py=PY,
             spec=lambda wc: json.dumps(recipe.standin_spec(config, wc.kind)),
         wildcard_constraints:
             kind="|".join(recipe.STANDINS),
@@ -24,7 +25,7 @@ if config["model"]["source"] == "tiny":
         resources:
             **res("train", "standin"),
         shell:
-            "OMP_NUM_THREADS={threads} python -m dualspeed.train.standin --spec {params.spec:q} > {log} 2>&1"
+            "OMP_NUM_THREADS={threads} {params.py} -m dualspeed.train.standin --spec {params.spec:q} > {log} 2>&1"
 
 
 rule pretrain:

@@ -54,7 +54,11 @@ def main(argv=None):
     ap.add_argument("--force", action="store_true", help="replace a finished stand-in of another config")
     a = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    print(json.dumps(run(json.loads(a.spec), force=a.force)))
+    try:
+        spec = json.loads(a.spec)
+    except json.JSONDecodeError as e:
+        ap.error(f"--spec is not valid JSON ({e}); it takes the stand-in's config as one JSON mapping")
+    print(json.dumps(run(spec, force=a.force)))
 
 
 if __name__ == "__main__":
