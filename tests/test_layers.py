@@ -18,7 +18,7 @@ LAYERS = [
     ("foundation", ["dualspeed", "dualspeed.cli", "dualspeed.envlock", "dualspeed.provenance", "dualspeed.modes",
                     "dualspeed.typed_merge", "dualspeed.launch"]),
     ("vtp", ["dualspeed.vtp"]),
-    ("config", ["dualspeed.config", "dualspeed.batching"]),
+    ("config", ["dualspeed.config", "dualspeed.batching", "dualspeed.inllm_config"]),
     ("data", ["dualspeed.data"]),
     ("models", ["dualspeed.models"]),
     ("grid", ["dualspeed.grid"]),
