@@ -57,7 +57,8 @@ def test_real_recipe_plans_compose_pretrain_sft_and_lmms_eval(workflow_copy):
     assert n == {"prepare_local": 1, "pretrain": 2, "sft": 2, "evaluate": 2}, n
 
 
-@pytest.mark.timeout(1200)
+@pytest.mark.slow
+@pytest.mark.timeout(1200)  # 72 s on two free cores
 def test_real_recipe_first_jobs_run_end_to_end(workflow_copy):
     work = workflow_copy
     args = overlay(work)
