@@ -24,7 +24,7 @@ import torch
 from transformers import DynamicCache
 from transformers.models.llama.modeling_llama import apply_rotary_pos_emb, repeat_kv
 
-from . import greedy as greedy_lib
+from . import inllm
 
 QUERY_ANSWERS, QUERY_LAST = "answers", "last"  # the two ways of choosing the ranking queries
 
@@ -56,25 +56,12 @@ class PDrop:
         return {**asdict(self), "layers": list(self.layers)}
 
 
-def _decoder(lm):
-    return lm.get_base_model() if hasattr(lm, "get_base_model") else lm
-
-
 def check_right_padded(mask: torch.Tensor) -> None:
     """Refuse a batch with padding before a real token: the ranking and the rebuild assume right padding."""
     m = mask.bool()
     if bool((~m[:, :-1] & m[:, 1:]).any()):
         raise ValueError("PyramidDrop needs right-padded batches (config key 'pdrop.padding_side' must be 'right'): "
                          "a padding slot precedes a real token")
-
-
-def _additive_mask(key_valid: torch.Tensor, n_query: int, dtype) -> torch.Tensor:
-    """[B, S] valid keys -> [B, 1, n_query, S] additive causal mask; the queries are the last n_query keys."""
-    s = key_valid.shape[1]
-    q_pos = torch.arange(s - n_query, s, device=key_valid.device)
-    allowed = (torch.arange(s, device=key_valid.device)[None, :] <= q_pos[:, None])[None] & key_valid[:, None, :]
-    return torch.zeros(allowed.shape, dtype=dtype, device=key_valid.device).masked_fill(
-        ~allowed, torch.finfo(dtype).min)[:, None]
 
 
 def query_positions(labels: torch.Tensor | None, mask: torch.Tensor, how: str) -> list[torch.Tensor]:
@@ -153,11 +140,11 @@ def forward(lm, pdrop: PDrop, embeds, mask, labels, vision, how: str = QUERY_ANS
     vision: [B, T] the visual-sequence positions. trace: if a list, each stage's kept input positions, rebuilt
     position ids and mask are appended to it (the golden test reads them)."""
     check_right_padded(mask)
-    dec = _decoder(lm)
+    dec = inllm.decoder(lm)
     n_vis = (vision.bool() & mask.bool()).sum(1)
     pos = positions(mask)
     pe = dec.rotary_emb(embeds, pos)
-    dense = _additive_mask(mask.bool(), embeds.shape[1], embeds.dtype)
+    dense = inllm.additive_mask(mask.bool(), embeds.shape[1], embeds.dtype)
     x, key_valid, stage = embeds, [], 0
     for i, layer in enumerate(dec.layers):
         x = layer(x, attention_mask=dense, position_embeddings=pe, past_key_values=cache)
@@ -168,7 +155,7 @@ def forward(lm, pdrop: PDrop, embeds, mask, labels, vision, how: str = QUERY_ANS
                                                       pdrop.keep(n_vis, stage), how)
             pos = positions(mask)
             pe = dec.rotary_emb(x, pos)  # the shorter sequence's positions: new cos/sin
-            dense = _additive_mask(mask.bool(), x.shape[1], x.dtype)
+            dense = inllm.additive_mask(mask.bool(), x.shape[1], x.dtype)
             if trace is not None:
                 trace.append({"layer": i + 1, "kept": kept, "position_ids": pos * mask, "mask": mask})
     return dec.norm(x), labels, key_valid
@@ -179,12 +166,12 @@ def decode_step(lm, pdrop: PDrop, x, lengths: list[torch.Tensor], step: int, key
 
     lengths: each stage's real length per sample after the prefill: a stage's new token sits at its own
     position, lengths[stage] + step (the dropped tokens shift it). key_valid: extended in place."""
-    dec = _decoder(lm)
+    dec = inllm.decoder(lm)
     pes = [dec.rotary_emb(x, (n + step)[:, None]) for n in lengths]
     stage = 0
     for i, layer in enumerate(dec.layers):
         key_valid[i] = torch.cat([key_valid[i], key_valid[i].new_ones(key_valid[i].shape[0], 1)], dim=1)
-        x = layer(x, attention_mask=_additive_mask(key_valid[i], 1, x.dtype), position_embeddings=pes[stage],
+        x = layer(x, attention_mask=inllm.additive_mask(key_valid[i], 1, x.dtype), position_embeddings=pes[stage],
                   past_key_values=cache)
         stage += (i + 1) in pdrop.layers
     return dec.norm(x)
@@ -204,4 +191,4 @@ def greedy(model, pdrop: PDrop, embeds, mask, vision, max_new_tokens: int, eos_t
         return decode_step(model.language_model, pdrop, x, lengths, i, key_valid, cache)
 
     first = model.llava.lm_head(hidden[torch.arange(hidden.shape[0]), last])[:, None]
-    return greedy_lib.decode(model, first, step, max_new_tokens, eos_token_id, pad_token_id)
+    return inllm.decode(model, first, step, max_new_tokens, eos_token_id, pad_token_id)

@@ -19,7 +19,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 from transformers import DynamicCache
 
-from . import greedy as greedy_lib
+from . import inllm
 
 
 def prd_ratios(n_layers: int, dense_above: float = 0.85, floor: float = 0.15) -> list[float | None]:
@@ -51,20 +51,6 @@ class PMoD(nn.Module):
         return self.alpha * torch.tanh(s) + self.beta
 
 
-def _decoder(lm: nn.Module) -> nn.Module:
-    """The LlamaModel-like decoder under an optional PEFT wrapper."""
-    return lm.get_base_model() if hasattr(lm, "get_base_model") else lm
-
-
-def _additive_mask(key_valid: torch.Tensor, n_query: int, dtype) -> torch.Tensor:
-    """[B, S] valid keys -> [B, 1, n_query, S] additive mask; the queries are the last n_query keys (causal)."""
-    s = key_valid.shape[1]
-    q_pos = torch.arange(s - n_query, s, device=key_valid.device)
-    allowed = (torch.arange(s, device=key_valid.device)[None, :] <= q_pos[:, None])[None] & key_valid[:, None, :]
-    return torch.zeros(allowed.shape, dtype=dtype, device=key_valid.device).masked_fill(
-        ~allowed, torch.finfo(dtype).min)[:, None]
-
-
 def _gather(t: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
     return t.gather(1, idx[..., None].expand(-1, -1, t.shape[-1]))
 
@@ -84,7 +70,7 @@ def _mod_layer(layer, i: int, pmod: PMoD, x, pe, key_valid, vision, cache):
     xs, ws = _gather(x, idx), w.gather(1, idx)
     kv = key_valid.gather(1, idx) & slot
     attn, _ = layer.self_attn(layer.input_layernorm(xs), position_embeddings=(_gather(pe[0], idx), _gather(pe[1], idx)),
-                              attention_mask=_additive_mask(kv, idx.shape[1], xs.dtype), past_key_values=cache)
+                              attention_mask=inllm.additive_mask(kv, idx.shape[1], xs.dtype), past_key_values=cache)
     h = xs + attn
     ys = h + ws[..., None] * layer.mlp(layer.post_attention_layernorm(h))
     base = x * w[..., None]  # skipped vision tokens: w~ x (padding: x)
@@ -96,12 +82,12 @@ def prefill(lm, pmod: PMoD, embeds, mask, vision, cache: DynamicCache | None = N
     """The decoder over a padded batch -> (final-normed hidden [B, T, D], per-layer key validity for decoding).
 
     mask: [B, T] real tokens; vision: [B, T] the visual-sequence positions (routable)."""
-    dec = _decoder(lm)
+    dec = inllm.decoder(lm)
     key_valid = mask.bool()
     vision = vision.bool() & key_valid
     pos = (key_valid.long().cumsum(1) - 1).clamp(min=0)  # left or right padding alike
     pe = dec.rotary_emb(embeds, pos)
-    dense_mask = _additive_mask(key_valid, embeds.shape[1], embeds.dtype)
+    dense_mask = inllm.additive_mask(key_valid, embeds.shape[1], embeds.dtype)
     x, kept = embeds, []
     for i, layer in enumerate(dec.layers):
         if pmod.ratios[i] is None:
@@ -123,11 +109,11 @@ def decode_step(lm, x, pos, kept: list[torch.Tensor], cache: DynamicCache):
     """One new (text) token per sample through every layer with cached keys -> final-normed hidden [B, 1, D].
 
     kept: each layer's key validity, extended in place with the new token."""
-    dec = _decoder(lm)
+    dec = inllm.decoder(lm)
     pe = dec.rotary_emb(x, pos)
     for i, layer in enumerate(dec.layers):
         kept[i] = torch.cat([kept[i], kept[i].new_ones(kept[i].shape[0], 1)], dim=1)
-        x = layer(x, attention_mask=_additive_mask(kept[i], 1, x.dtype), position_embeddings=pe, past_key_values=cache)
+        x = layer(x, attention_mask=inllm.additive_mask(kept[i], 1, x.dtype), position_embeddings=pe, past_key_values=cache)
     return dec.norm(x)
 
 
@@ -142,5 +128,5 @@ def greedy(model, embeds, mask, vision, max_new_tokens: int, eos_token_id, pad_t
     def step(x, i):
         return decode_step(model.language_model, x, pos + 1 + i, kept, cache)
 
-    return greedy_lib.decode(model, model.llava.lm_head(hidden[:, -1:]), step, max_new_tokens, eos_token_id,
+    return inllm.decode(model, model.llava.lm_head(hidden[:, -1:]), step, max_new_tokens, eos_token_id,
                              pad_token_id)

@@ -1,10 +1,25 @@
-"""Greedy decoding over a cache that an in-LLM family's own prefill left (p-MoD, PyramidDrop): the token loop once,
-the family's decode step passed in."""
+"""What the in-LLM families (p-MoD, PyramidDrop) share: the decoder under an optional PEFT wrapper, the additive
+mask over the keys a layer kept, and greedy decoding over the cache a family's own prefill left (the token loop
+once, the family's decode step passed in)."""
 from __future__ import annotations
 
 from typing import Callable
 
 import torch
+
+
+def decoder(lm: torch.nn.Module) -> torch.nn.Module:
+    """The LlamaModel-like decoder under an optional PEFT wrapper."""
+    return lm.get_base_model() if hasattr(lm, "get_base_model") else lm
+
+
+def additive_mask(key_valid: torch.Tensor, n_query: int, dtype) -> torch.Tensor:
+    """[B, S] valid keys -> [B, 1, n_query, S] additive causal mask; the queries are the last n_query keys."""
+    s = key_valid.shape[1]
+    q_pos = torch.arange(s - n_query, s, device=key_valid.device)
+    allowed = (torch.arange(s, device=key_valid.device)[None, :] <= q_pos[:, None])[None] & key_valid[:, None, :]
+    return torch.zeros(allowed.shape, dtype=dtype, device=key_valid.device).masked_fill(
+        ~allowed, torch.finfo(dtype).min)[:, None]
 
 
 def decode(model, logits: torch.Tensor, step: Callable[[torch.Tensor, int], torch.Tensor], max_new_tokens: int,
