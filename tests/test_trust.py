@@ -82,27 +82,29 @@ def test_sft_continues_from_the_isolator_pretraining_trained(synth_dir, pretrain
     assert (step1 - pre).abs().max() < 0.05 < (step1 - fresh).abs().max()
 
 
-def test_one_config_twice_gives_the_same_bytes(synth_dir, pretrained, tmp_path):
+@pytest.mark.parametrize("bf16", [False, True], ids=["fp32", "bf16"])
+def test_one_config_twice_gives_the_same_bytes(synth_dir, pretrained, tmp_path, bf16):
     a, b = tmp_path / "a", tmp_path / "b"
-    run(sft_cfg(synth_dir, a, pretrained))
-    run(sft_cfg(synth_dir, b, pretrained))
+    run(sft_cfg(synth_dir, a, pretrained, bf16=bf16))
+    run(sft_cfg(synth_dir, b, pretrained, bf16=bf16))
     assert loss_log(a) == loss_log(b)
     assert {m for *_, m in [(r[1],) for r in loss_log(a)]} == {"fast", "slow"}
     ea, eb = exported(a), exported(b)
     assert ea.keys() == eb.keys() and all(torch.equal(ea[k], eb[k]) for k in ea)
 
 
-def test_a_killed_run_resumes_to_the_uninterrupted_result(synth_dir, pretrained, tmp_path):
+@pytest.mark.parametrize("bf16", [False, True], ids=["fp32", "bf16"])
+def test_a_killed_run_resumes_to_the_uninterrupted_result(synth_dir, pretrained, tmp_path, bf16):
     whole, killed = tmp_path / "whole", tmp_path / "killed"
-    run(sft_cfg(synth_dir, whole, pretrained))
-    run(sft_cfg(synth_dir, killed, pretrained))
+    run(sft_cfg(synth_dir, whole, pretrained, bf16=bf16))
+    run(sft_cfg(synth_dir, killed, pretrained, bf16=bf16))
     # what a kill after step 5 leaves: checkpoint-3, steps.csv rows 1-5, no export, no timing
     shutil.rmtree(killed / "checkpoints" / "checkpoint-6")
     shutil.rmtree(killed / "hf")
     (killed / "timing.json").unlink()
     rows = (killed / "steps.csv").read_text().splitlines()
     (killed / "steps.csv").write_text("\n".join(rows[:-1]) + "\n")
-    timing = run(sft_cfg(synth_dir, killed, pretrained))
+    timing = run(sft_cfg(synth_dir, killed, pretrained, bf16=bf16))
     assert timing["resumed_from"].endswith("checkpoint-3") and timing["steps"] == 6
     assert loss_log(killed) == loss_log(whole)  # rows 4-5 of the killed attempt are not repeated
     ew, ek = exported(whole), exported(killed)

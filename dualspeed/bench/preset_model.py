@@ -32,6 +32,8 @@ def build(p: dict, device, dtype) -> DualSpeedLlava:
         torch.set_default_dtype(default)
     run_cfg = RunConfig()
     run_cfg.train.llm = p["llm"]  # LoRA settings: the recipe's defaults (r 128, alpha 256, all linear layers)
+    if "lora_r" in p:  # the tiny recipe's r, alpha 2r
+        run_cfg.train.lora.r, run_cfg.train.lora.alpha = p["lora_r"], 2 * p["lora_r"]
     set_trainable(model, run_cfg)  # the trainer's own freezing, LoRA included
     model.to(device)
     if device == "cuda":

@@ -24,6 +24,7 @@ from ..models import clip_text
 from ..models.build import load_components, reinit_projector
 from ..models.checkpoint import carry_extras, export_hf
 from ..models.llava import DualSpeedLlava
+from . import cpu_bf16
 from .freeze import set_trainable
 from .memory import PeakMemory
 from .resume import guard_finished, resume_point
@@ -60,7 +61,9 @@ def training_args(cfg: RunConfig, out: Path, batch: BatchPlan) -> TrainingArgume
         max_grad_norm=t.max_grad_norm,
         warmup_ratio=t.warmup_ratio, lr_scheduler_type=t.scheduler, num_train_epochs=t.epochs, max_steps=t.max_steps,
         logging_steps=t.logging_steps, save_strategy="steps", save_steps=t.save_steps,
-        save_total_limit=t.save_total_limit, bf16=t.bf16 and cuda, tf32=(t.tf32 and cuda) or None,
+        save_total_limit=t.save_total_limit,
+        # on the CPU too: the Trainer's autocast over fp32 weights (the model loads in bf16 on a GPU only)
+        bf16=t.bf16, tf32=(t.tf32 and cuda) or None,
         deepspeed=t.deepspeed or None, seed=t.seed, data_seed=t.seed, report_to=report_to(t.report_to),
         remove_unused_columns=False,
         ignore_data_skip=False,  # a resumed run skips the batches it already trained on: the same data order
@@ -98,6 +101,8 @@ def run(cfg: RunConfig, force: bool = False) -> dict:
     world_main = int(os.environ.get("RANK", "0")) == 0
     rows, skipped = checked_rows(cfg.data, out, progress=world_main)
     dtype = torch.bfloat16 if (t.bf16 and torch.cuda.is_available()) else torch.float32
+    if t.bf16 and not torch.cuda.is_available():
+        cpu_bf16.fp32_attention()
     llava, tokenizer, processor = load_components(cfg.model, dtype=dtype, seed=t.seed)
     d = cfg.data
     dataset = LlavaDataset(d.json, d.image_folder, tokenizer, processor, d.template, d.max_length,

@@ -25,6 +25,7 @@ class StandinTrain:
     # alone the tiny Llama never did in 2,000 steps (it copied 4% of repeated colour words), and a frozen LLM that
     # cannot copy cannot caption through a projector in stage 1.
     copy_steps: int = 0
+    bf16: bool = False  # autocast over fp32 weights, attention in fp32 (train/cpu_bf16.py)
 
 
 @dataclass

@@ -11,6 +11,7 @@ from typing import Callable, Iterator
 import torch
 from tqdm import tqdm
 
+from .. import cpu_bf16
 from .config import StandinTrain
 
 
@@ -36,7 +37,8 @@ def fit(model: torch.nn.Module, batches: Iterator, loss_fn: Callable, total: int
             lr = lr_at(step, total, t)
             for g in opt.param_groups:
                 g["lr"] = lr
-            loss = loss_fn(model, next(batches))
+            with cpu_bf16.autocast(t.bf16):
+                loss = loss_fn(model, next(batches))
             opt.zero_grad(set_to_none=True)
             loss.backward()
             if t.max_grad_norm > 0:
