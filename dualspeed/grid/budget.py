@@ -1,0 +1,152 @@
+"""Has the grid's baseline converged? Its SFT retrained at other budgets, per seed, from the grid's own pretraining.
+
+    python -m dualspeed.grid.budget                      # 0.5x and 2x the SFT epochs, the grid's seeds
+    python -m dualspeed.grid.budget --factors 2 --seeds 0 1 2 [--configfile FILE ...]
+
+Run after the grid (it reads each seed's pretraining and the grid's own SFT, the 1x point, with its metrics). Each
+budget is a whole run with its own cosine schedule, as the grid's SFT is, with everything else the grid's; the
+runs go to <runs_dir>/budget/x<factor>/s<seed> and the metrics beside the grid's, in <results_dir>/budget/. The table
+and the learning curve (accuracy per task against SFT steps) go to <results_dir>/tables/budget.{csv,md,png}; the
+check the docs quote: the 2x budget's relative performance against the grid's, as a mean over the seeds.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from .. import cli
+from . import recipe
+from .__main__ import pipeline_config
+from .plan_error import PlanError
+from .variants import all_points
+
+
+def baseline_points(cfg: dict, seeds: list[int]) -> dict:
+    pts = {pt.seed: pt for pt in all_points(cfg["grid"]) if pt.variant == "baseline"}
+    missing = [s for s in seeds if s not in pts]
+    if missing:
+        raise PlanError(f"the grid has no baseline of seed {missing}; its seeds: {sorted(pts)}")
+    return {s: pts[s] for s in seeds}
+
+
+def train(spec: dict, log: Path) -> None:
+    if (Path(spec["output_dir"]) / "timing.json").is_file():
+        return  # finished earlier (the trainer would refuse to redo it unasked too)
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "w") as f:
+        subprocess.run([sys.executable, "-m", "dualspeed.train", "--spec", json.dumps(spec)], stdout=f,
+                       stderr=subprocess.STDOUT, check=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+
+
+def evaluate(cfg: dict, ckpt: Path, seed: int, out: Path, log: Path) -> dict:
+    if not out.is_file():
+        e = cfg["eval"]
+        cmd = [sys.executable, "-m", "dualspeed.evaluation.lmms", "--include-path",
+               str(Path(cfg["data"]["root"]) / "lmms_tasks"), "--tasks", ",".join(e["tasks"]), "--batch-size",
+               str(e["batch_size"]), "--limit", str(e["limit"]), "--device", "cpu", "--dtype", "float32",
+               "--ckpt", str(ckpt), "--mode", "normal", "--seed", str(seed), "--out", str(out)]
+        with open(log, "a") as f:
+            subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, check=True,
+                           env={**os.environ, "OMP_NUM_THREADS": "1"})
+    return json.loads(out.read_text())["scores"]
+
+
+def one(cfg: dict, pt, factor: float) -> dict:
+    """Train (unless 1x, the grid's own run) and evaluate one baseline at `factor` times the SFT epochs."""
+    runs, results = Path(cfg["runs_dir"]), Path(cfg["results_dir"])
+    if factor == 1:
+        run = runs / "sft" / pt.path
+        scores = json.loads((results / "metrics" / pt.path / "normal.json").read_text())["scores"]
+    else:
+        spec = recipe.sft_spec(cfg, pt)
+        spec["train"]["epochs"] = spec["train"].get("epochs", 1) * factor
+        run = runs / "budget" / f"x{factor:g}" / f"s{pt.seed}"
+        spec["output_dir"] = str(run)
+        log = Path("logs") / "budget" / f"x{factor:g}_s{pt.seed}.log"
+        train(spec, log)
+        scores = evaluate(cfg, run / "hf", pt.seed, results / "budget" / f"x{factor:g}" / f"s{pt.seed}.json", log)
+    timing = json.loads((run / "timing.json").read_text())
+    return {"factor": factor, "seed": pt.seed, "steps": timing["steps"], "samples": timing["samples"],
+            "train_s": timing["train_runtime_s"], **scores}
+
+
+def summarise(rows: list[dict], tasks: list[str]) -> tuple[list[str], dict]:
+    """Markdown lines, and the relative performance of each budget (mean over tasks of accuracy / the 1x mean)."""
+    factors = sorted({r["factor"] for r in rows})
+    ref = {t: sum(r[t] for r in rows if r["factor"] == 1) / sum(r["factor"] == 1 for r in rows) for t in tasks}
+    rel = {}
+    lines = ["| SFT budget | steps | " + " | ".join(tasks) + " | relative performance (per seed) | mean |",
+             "|---|---|" + "---|" * (len(tasks) + 2)]
+    for f in factors:
+        rs = sorted((r for r in rows if r["factor"] == f), key=lambda r: r["seed"])
+        per_seed = [100 * sum(r[t] / ref[t] for t in tasks) / len(tasks) for r in rs]
+        rel[f] = sum(per_seed) / len(per_seed)
+        acc = [f"{sum(r[t] for r in rs) / len(rs):.1f}" for t in tasks]
+        lines.append(f"| {f:g}x | {rs[0]['steps']} | " + " | ".join(acc) + " | "
+                     + " / ".join(f"{v:.1f}" for v in per_seed) + f" | {rel[f]:.1f} |")
+    return lines, rel
+
+
+def plot(rows: list[dict], tasks: list[str], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for t in tasks:
+        for s in sorted({r["seed"] for r in rows}):
+            rs = sorted((r for r in rows if r["seed"] == s), key=lambda r: r["steps"])
+            ax.plot([r["steps"] for r in rs], [r[t] for r in rs], marker="o", alpha=0.7,
+                    color=f"C{tasks.index(t)}", label=t.replace("synth_", "") if s == rs[0]["seed"] and s == 0 else None)
+    ax.set_xlabel("SFT optimizer steps (each budget a whole run)")
+    ax.set_ylabel("accuracy, normal inference (%)")
+    ax.set_title("the baseline against its SFT budget, one line per seed")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def main(argv=None) -> int:
+    ap = cli.ArgumentParser(prog="python -m dualspeed.grid.budget", description=__doc__)
+    ap.add_argument("--factors", type=float, nargs="+", default=[0.5, 2.0], help="SFT epochs as multiples of the grid's")
+    ap.add_argument("--seeds", type=int, nargs="+", help="default: the grid's baseline seeds")
+    ap.add_argument("--jobs", type=int, default=2, help="trainings at a time, one thread each")
+    ap.add_argument("--configfile", nargs="+", action="extend", default=[], metavar="FILE")
+    a = ap.parse_args(argv)
+    try:
+        cfg = pipeline_config(a.configfile)
+        seeds = a.seeds or sorted(pt.seed for pt in all_points(cfg["grid"]) if pt.variant == "baseline")
+        pts = baseline_points(cfg, seeds)
+        for s, pt in pts.items():
+            if not (Path(cfg["runs_dir"]) / "sft" / pt.path / "timing.json").is_file():
+                raise PlanError(f"the grid's baseline of seed {s} has not run: run the grid first "
+                                f"(bash scripts/run.sh {Path(cfg['results_dir']) / 'tables' / 'main.md'})")
+    except PlanError as e:
+        print(f"python -m dualspeed.grid.budget: {e}", file=sys.stderr)
+        return 2
+    work = [(pt, f) for f in sorted(set(a.factors) | {1.0}) for pt in pts.values()]
+    with ThreadPoolExecutor(a.jobs) as pool:
+        rows = list(pool.map(lambda w: one(cfg, *w), work))
+    tasks = cfg["eval"]["tasks"]
+    lines, rel = summarise(rows, tasks)
+    tables = Path(cfg["results_dir"]) / "tables"
+    tables.mkdir(parents=True, exist_ok=True)
+    import pandas as pd
+
+    pd.DataFrame(rows).to_csv(tables / "budget.csv", index=False)
+    (tables / "budget.md").write_text("\n".join(lines) + "\n")
+    plot(rows, tasks, tables / "budget.png")
+    print("\n".join(lines))
+    for f, v in rel.items():
+        if f != 1:
+            print(f"{f:g}x SFT budget: relative performance {v:.1f} (the grid's 1x: 100), a difference of {v - 100:+.1f}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
