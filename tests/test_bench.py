@@ -1,3 +1,4 @@
+import pytest
 import torch
 
 from dualspeed.bench.presets import PRESETS
@@ -38,3 +39,17 @@ def test_divprune_is_timed_at_the_benchmarks_own_p(monkeypatch):
     monkeypatch.setattr(DivPrune, "select", lambda self, feats, k, ctx: kept.append(k) or select(self, feats, k, ctx))
     res = divprune_cost({**PRESETS["tiny"], "batch": 2}, "cpu", torch.float32, p_ratio=0.5, reps=1)
     assert set(kept) == {32} and res["divprune_crops_per_batch"] == 2  # 64 tokens at p = 0.5, not 0.9's 6
+
+
+def test_precision_bench_times_both_precisions_and_their_shares_of_the_peaks():
+    from dualspeed.bench.precision import run as precision
+
+    res = precision(rounds=1, burn_in=0, batch_size=2, lora_r=4, text=8)
+    assert set(res["cases"]) == {"sft", "pretrain"} and res["gemm_peak_gflops"]["bf16"] > 0
+    for case in res["cases"].values():
+        ms = case["step_ms"]
+        assert ms["fp32"] > 0 and ms["bf16"] > 0
+        assert case["bf16_over_fp32"] == pytest.approx(ms["bf16"] / ms["fp32"], abs=2e-3)
+        assert 0 < case["share_of_fp32_peak"]["fp32"] < 1 and 0 < case["share_of_bf16_peak"]["bf16"] < 1
+    # the LoRA step trains more than the frozen-LLM one: its FLOPs (the FLOPs model's) are larger
+    assert res["cases"]["sft"]["gflop_per_step"] > res["cases"]["pretrain"]["gflop_per_step"]
