@@ -114,3 +114,14 @@ def test_llm_standin_reads_repeated_text_first_then_the_whole_corpus(synth_dir, 
 
     assert all(repeated(ids) for batch in seen[:2] for ids in batch)
     assert not all(repeated(ids) for batch in seen[2:] for ids in batch)
+
+
+def test_the_probe_asks_each_task_in_words_and_scores_copying(synth_dir, tmp_path):
+    from dualspeed.train.standin.probe import probe
+
+    run({**_spec(synth_dir, tmp_path, "llm"), "train": {**TRAIN, "bf16": True}})
+    res = probe(str(tmp_path / "llm" / "hf"), n=4)
+    assert set(res) == {"colour", "count", "presence", "position", "copies_%"}
+    # shares of 4 questions a task and of 2 predicted words in each of 4 runs
+    assert all(0 <= v <= 100 and (v * 4 / 100).is_integer() for k, v in res.items() if k != "copies_%")
+    assert 0 <= res["copies_%"] <= 100 and (res["copies_%"] * 8 / 100).is_integer()
