@@ -54,6 +54,9 @@ def training_args(cfg: RunConfig, out: Path, batch: BatchPlan) -> TrainingArgume
     t = cfg.train
     cuda = torch.cuda.is_available()
     uses_unused = cfg.fastslow.prune and cfg.fastslow.isolator and cfg.fastslow.slow_prob > 0
+    # TrainingArguments sets ACCELERATE_MIXED_PRECISION for bf16 and falls back to it otherwise, so a bf16 run earlier
+    # in the same process (a test, a notebook) would make this one bf16 too: each run's precision is its config's
+    os.environ["ACCELERATE_MIXED_PRECISION"] = "bf16" if t.bf16 else "no"
     return TrainingArguments(
         output_dir=str(out / "checkpoints"), per_device_train_batch_size=batch.per_device,
         gradient_accumulation_steps=batch.grad_accum, learning_rate=t.lr, weight_decay=t.weight_decay,
