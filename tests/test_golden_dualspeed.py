@@ -299,10 +299,10 @@ def test_divprune_picks_the_references_indices_at_several_n(golden):
 
 
 @pytest.mark.parametrize("path,bf16", [("config/llava15_7b.yaml", True), ("config/llava_next_7b.yaml", True),
-                                       ("config/config.yaml", False)])
+                                       ("config/config.yaml", True)])
 def test_recipes_run_divprune_as_the_reference(path, bf16):
-    """The real recipes train in bf16 and prune with DivPrune in the features' dtype, as the reference; the tiny recipe
-    trains in fp32, where native and fp32 DivPrune are one and the same, so it keeps the same default."""
+    """The recipes train in bf16 and prune with DivPrune in the features' dtype, as the reference: the tiny one too,
+    under bf16 autocast on the CPU (its vision features come out of autocast's matmuls in bf16)."""
     import yaml
 
     from dualspeed.grid.recipe import pretrain_spec, sft_spec
