@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -43,12 +44,10 @@ def train(spec: dict, log: Path) -> None:
 
 
 def evaluate(cfg: dict, ckpt: Path, seed: int, out: Path, log: Path) -> dict:
+    """Normal inference with the grid's own evaluation command (its backend, tasks, device and task folders)."""
     if not out.is_file():
-        e = cfg["eval"]
-        cmd = [sys.executable, "-m", "dualspeed.evaluation.lmms", "--include-path",
-               str(Path(cfg["data"]["root"]) / "lmms_tasks"), "--tasks", ",".join(e["tasks"]), "--batch-size",
-               str(e["batch_size"]), "--limit", str(e["limit"]), "--device", "cpu", "--dtype", "float32",
-               "--ckpt", str(ckpt), "--mode", "normal", "--seed", str(seed), "--out", str(out)]
+        cmd = shlex.split(recipe.eval_command(cfg, shlex.quote(sys.executable)))
+        cmd += ["--ckpt", str(ckpt), "--mode", "normal", "--seed", str(seed), "--out", str(out)]
         with open(log, "a") as f:
             subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, check=True,
                            env={**os.environ, "OMP_NUM_THREADS": "1"})
@@ -98,11 +97,11 @@ def plot(rows: list[dict], tasks: list[str], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 4))
-    for t in tasks:
-        for s in sorted({r["seed"] for r in rows}):
+    for i, t in enumerate(tasks):
+        for j, s in enumerate(sorted({r["seed"] for r in rows})):
             rs = sorted((r for r in rows if r["seed"] == s), key=lambda r: r["steps"])
-            ax.plot([r["steps"] for r in rs], [r[t] for r in rs], marker="o", alpha=0.7,
-                    color=f"C{tasks.index(t)}", label=t.replace("synth_", "") if s == rs[0]["seed"] and s == 0 else None)
+            ax.plot([r["steps"] for r in rs], [r[t] for r in rs], marker="o", alpha=0.7, color=f"C{i}",
+                    label=t.replace("synth_", "") if j == 0 else None)  # one legend entry a task
     ax.set_xlabel("SFT optimizer steps (each budget a whole run)")
     ax.set_ylabel("accuracy, normal inference (%)")
     ax.set_title("the baseline against its SFT budget, one line per seed")

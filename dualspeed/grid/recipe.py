@@ -5,6 +5,7 @@ The Snakefile calls these so the same composition is testable without Snakemake.
 from __future__ import annotations
 
 import copy
+import os
 from dataclasses import asdict
 from pathlib import Path
 
@@ -234,3 +235,21 @@ def eval_prune(cfg: dict, pt: Point) -> tuple[str, float]:
     if pt.method == "none":
         return cfg["grid"]["method"], float(cfg["grid"]["p"])
     return pt.method, pt.p
+
+
+def eval_command(cfg: dict, py: str) -> str:
+    """The evaluation CLI with its per-config arguments (everything but checkpoint, mode and output), run by `py`:
+    what the pipeline's evaluation jobs and grid.budget run."""
+    e = cfg["eval"]
+    device = "cuda" if cfg["resources"]["eval"]["gpus"] else "cpu"
+    dtype = "bfloat16" if device == "cuda" else "float32"
+    common = (f"--tasks {','.join(e['tasks'])} --batch-size {e['batch_size']} --limit {e.get('limit', 0)} "
+              f"--device {device} --dtype {dtype}")
+    if e["backend"] == "synthetic":
+        return f"{py} -m dualspeed.evaluation --data {cfg['data']['root']} {common}"
+    tasks = {"synthetic": f"{cfg['data']['root']}/lmms_tasks", "local": data_paths(cfg).get("tasks")}
+    folders = [p for p in (tasks.get(cfg["data"]["kind"]), e.get("include_path")) if p]
+    where = f"--include-path {os.pathsep.join(folders)}" if folders else ""
+    if cfg["data"]["kind"] != "synthetic":
+        where += " --hf-home resources/hf_home"
+    return f"{py} -m dualspeed.evaluation.lmms {where} {common}"

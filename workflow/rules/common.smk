@@ -234,19 +234,7 @@ def vtp_eval_inputs(wc):
 
 def eval_command():
     """The evaluation CLI with its per-config arguments (everything but checkpoint, mode and output)."""
-    e = config["eval"]
-    device = "cuda" if config["resources"]["eval"]["gpus"] else "cpu"
-    dtype = "bfloat16" if device == "cuda" else "float32"
-    common = (f"--tasks {','.join(e['tasks'])} --batch-size {e['batch_size']} --limit {e.get('limit', 0)} "
-              f"--device {device} --dtype {dtype}")
-    if e["backend"] == "synthetic":
-        return f"{PY} -m dualspeed.evaluation --data {config['data']['root']} {common}"
-    tasks = {"synthetic": f"{config['data']['root']}/lmms_tasks", "local": recipe.data_paths(config).get("tasks")}
-    folders = [p for p in (tasks.get(config["data"]["kind"]), e.get("include_path")) if p]
-    where = f"--include-path {os.pathsep.join(folders)}" if folders else ""
-    if config["data"]["kind"] != "synthetic":
-        where += " --hf-home resources/hf_home"
-    return f"{PY} -m dualspeed.evaluation.lmms {where} {common}"
+    return recipe.eval_command(config, PY)
 
 
 def eval_params(wc):
