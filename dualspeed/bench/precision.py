@@ -18,11 +18,9 @@ import torch
 from transformers import set_seed
 
 from ..models import flops
-from ..models.prune import Prune
-from ..train import cpu_bf16
-from ..train.losses import mode_loss
 from .preset_model import batch, build
 from .presets import PRESETS, preset_case
+from .step_time import step
 
 CASES = {"sft": "lora", "pretrain": "frozen"}
 
@@ -37,22 +35,13 @@ def gemm_peak(dtype, n: int = 1024, reps: int = 10) -> float:
     return 2 * n**3 * reps / (time.perf_counter() - t0)
 
 
-def one_step(model, opt, inputs, bf16: bool) -> None:
-    with cpu_bf16.autocast(bf16):
-        loss = mode_loss(model, inputs, "full", Prune("divprune", 0.9), False).loss
-    loss.backward()
-    opt.step()
-    opt.zero_grad(set_to_none=True)
-
-
 def run(rounds: int, burn_in: int, batch_size: int, lora_r: int, text: int) -> dict:
-    cpu_bf16.fp32_attention()
     setups = {}
     for case, llm in CASES.items():
         p = {**PRESETS["tiny"], "llm": llm, "batch": batch_size, "text": text, "lora_r": lora_r}
         model = build(p, "cpu", torch.float32)
         opt = torch.optim.AdamW([q for q in model.parameters() if q.requires_grad], lr=1e-5)
-        shape, setup, samples, _ = preset_case("tiny")
+        shape, _, samples, _ = preset_case("tiny")  # the shapes; the setup and batch are this benchmark's own
         setup = flops.Setup(llm=llm, lora_r=lora_r, checkpointing=False)
         samples = [flops.Sample(text - 1, samples[0].visual, 1, 8)] * batch_size
         setups[case] = (model, opt, batch(p, "cpu", torch.float32, torch.Generator().manual_seed(0)),
@@ -62,7 +51,7 @@ def run(rounds: int, burn_in: int, batch_size: int, lora_r: int, text: int) -> d
         for case, (model, opt, inputs, _) in setups.items():
             for bf in (False, True):
                 t0 = time.perf_counter()
-                one_step(model, opt, inputs, bf)
+                step(model, opt, inputs, "full", None, False, cpu_bf16_autocast=bf)
                 if i >= burn_in:
                     times[case, bf].append(time.perf_counter() - t0)
     peak = {"fp32": gemm_peak(torch.float32), "bf16": gemm_peak(torch.bfloat16)}

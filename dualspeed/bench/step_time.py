@@ -29,6 +29,7 @@ from .. import vtp
 from ..models import flops
 from ..models.prune import Prune
 from ..modes import STEP_KINDS
+from ..train import cpu_bf16
 from ..train.losses import mode_loss
 from .preset_model import batch, build
 from .presets import PRESETS, preset_case
@@ -36,12 +37,17 @@ from .timing import mean_ms, sync
 from .vtp_cost import vtp_costs
 
 
-def step(model, opt, inputs, mode: str, prune: Prune, isolator: bool) -> None:
+def step(model, opt, inputs, mode: str, prune: Prune, isolator: bool, cpu_bf16_autocast: bool = False) -> None:
     """One optimizer step with the trainer's own per-mode loss (train/losses.py: mode_loss). On a GPU the
     forward runs under bf16 autocast, as the HF Trainer's bf16=True does: peft keeps LoRA weights in
-    fp32, and without autocast their matmuls would run in fp32."""
+    fp32, and without autocast their matmuls would run in fp32. On a CPU, fp32 unless cpu_bf16_autocast: then as
+    a run with train.bf16 trains there (train/cpu_bf16.py)."""
     device = inputs["input_ids"].device.type
-    with torch.autocast(device, dtype=torch.bfloat16, enabled=device == "cuda"):
+    if device == "cpu":
+        ctx = cpu_bf16.autocast(cpu_bf16_autocast)
+    else:
+        ctx = torch.autocast(device, dtype=torch.bfloat16, enabled=device == "cuda")
+    with ctx:
         loss = mode_loss(model, inputs, mode, prune, isolator).loss
     loss.backward()
     opt.step()
