@@ -23,7 +23,7 @@ from .. import cli
 from . import recipe
 from .__main__ import pipeline_config
 from .plan_error import PlanError
-from .variants import all_points
+from .variants import all_points, metrics_relpath
 
 
 def baseline_points(cfg: dict, seeds: list[int]) -> dict:
@@ -58,8 +58,8 @@ def one(cfg: dict, pt, factor: float) -> dict:
     """Train (unless 1x, the grid's own run) and evaluate one baseline at `factor` times the SFT epochs."""
     runs, results = Path(cfg["runs_dir"]), Path(cfg["results_dir"])
     if factor == 1:
-        run = runs / "sft" / pt.path
-        scores = json.loads((results / "metrics" / pt.path / "normal.json").read_text())["scores"]
+        run = Path(recipe.sft_dir(cfg, pt))
+        scores = json.loads((results / metrics_relpath(pt, "normal")).read_text())["scores"]
     else:
         spec = recipe.sft_spec(cfg, pt)
         spec["train"]["epochs"] = spec["train"].get("epochs", 1) * factor
@@ -122,7 +122,7 @@ def main(argv=None) -> int:
         seeds = a.seeds or sorted(pt.seed for pt in all_points(cfg["grid"]) if pt.variant == "baseline")
         pts = baseline_points(cfg, seeds)
         for s, pt in pts.items():
-            if not (Path(cfg["runs_dir"]) / "sft" / pt.path / "timing.json").is_file():
+            if not (Path(recipe.sft_dir(cfg, pt)) / "timing.json").is_file():
                 raise PlanError(f"the grid's baseline of seed {s} has not run: run the grid first "
                                 f"(bash scripts/run.sh {Path(cfg['results_dir']) / 'tables' / 'main.md'})")
     except PlanError as e:
