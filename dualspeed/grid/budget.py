@@ -2,12 +2,16 @@
 
     python -m dualspeed.grid.budget                      # 0.5x and 2x the SFT epochs, the grid's seeds
     python -m dualspeed.grid.budget --factors 2 --seeds 0 1 2 [--configfile FILE ...]
+    python -m dualspeed.grid.budget --variant vtp_sft --factors 2 --seeds 0   # another row: regime or defect?
 
 Run after the grid (it reads each seed's pretraining and the grid's own SFT, the 1x point, with its metrics). Each
 budget is a whole run with its own cosine schedule, as the grid's SFT is, with everything else the grid's; the
 runs go to <runs_dir>/budget/x<factor>/s<seed> and the metrics beside the grid's, in <results_dir>/budget/. The table
 and the learning curve (accuracy per task against SFT steps) go to <results_dir>/tables/budget.{csv,md,png}; the
 check the docs quote: the 2x budget's relative performance against the grid's, as a mean over the seeds.
+Another variant (--variant, at the grid's method, p and r) goes to <runs_dir>/budget/<variant>/... and
+budget_<variant>.*, its relative performance against the grid's baseline as the findings take it: a finding that is
+not reproduced asks whether the row is still learning (a regime of the budget) or has stopped (a defect).
 """
 from __future__ import annotations
 
@@ -26,12 +30,27 @@ from .plan_error import PlanError
 from .variants import all_points, metrics_relpath
 
 
-def baseline_points(cfg: dict, seeds: list[int]) -> dict:
-    pts = {pt.seed: pt for pt in all_points(cfg["grid"]) if pt.variant == "baseline"}
+def variant_points(cfg: dict, seeds: list[int] | None, variant: str = "baseline") -> dict:
+    """One point a seed: where a sweep gives the variant several, the one at the grid's method, p and r."""
+    g = cfg["grid"]
+    pts = {}
+    for pt in sorted(all_points(g)):
+        if pt.variant == variant and (pt.seed not in pts or (pt.method in (g["method"], "none")
+                                                            and pt.p in (g["p"], 0) and pt.r in (g["r"], 0))):
+            pts[pt.seed] = pt
+    if not pts:
+        raise PlanError(f"the grid trains no '{variant}'; its variants: "
+                        f"{sorted({pt.variant for pt in all_points(g)})}")
+    seeds = sorted(pts) if seeds is None else seeds
     missing = [s for s in seeds if s not in pts]
     if missing:
-        raise PlanError(f"the grid has no baseline of seed {missing}; its seeds: {sorted(pts)}")
+        raise PlanError(f"the grid has no {variant} of seed {missing}; its seeds: {sorted(pts)}")
     return {s: pts[s] for s in seeds}
+
+
+def where(variant: str) -> str:
+    """The baseline's budget runs keep the names the docs link; another variant's go beside them."""
+    return "" if variant == "baseline" else f"{variant}/"
 
 
 def train(spec: dict, log: Path) -> None:
@@ -63,20 +82,23 @@ def one(cfg: dict, pt, factor: float) -> dict:
     else:
         spec = recipe.sft_spec(cfg, pt)
         spec["train"]["epochs"] = spec["train"].get("epochs", 1) * factor
-        run = runs / "budget" / f"x{factor:g}" / f"s{pt.seed}"
+        sub = f"{where(pt.variant)}x{factor:g}"
+        run = runs / "budget" / sub / f"s{pt.seed}"
         spec["output_dir"] = str(run)
-        log = Path("logs") / "budget" / f"x{factor:g}_s{pt.seed}.log"
+        log = Path("logs") / "budget" / f"{sub}_s{pt.seed}.log"
         train(spec, log)
-        scores = evaluate(cfg, run / "hf", pt.seed, results / "budget" / f"x{factor:g}" / f"s{pt.seed}.json", log)
+        scores = evaluate(cfg, run / "hf", pt.seed, results / "budget" / sub / f"s{pt.seed}.json", log)
     timing = json.loads((run / "timing.json").read_text())
     return {"factor": factor, "seed": pt.seed, "steps": timing["steps"], "samples": timing["samples"],
             "train_s": timing["train_runtime_s"], **scores}
 
 
-def summarise(rows: list[dict], tasks: list[str]) -> tuple[list[str], dict]:
-    """Markdown lines, and the relative performance of each budget (mean over tasks of accuracy / the 1x mean)."""
+def summarise(rows: list[dict], tasks: list[str], ref: dict | None = None) -> tuple[list[str], dict]:
+    """Markdown lines, and the relative performance of each budget: the mean over tasks of accuracy / ref, by default
+    the 1x rows' mean (the baseline against its own grid run)."""
     factors = sorted({r["factor"] for r in rows})
-    ref = {t: sum(r[t] for r in rows if r["factor"] == 1) / sum(r["factor"] == 1 for r in rows) for t in tasks}
+    if ref is None:
+        ref = {t: sum(r[t] for r in rows if r["factor"] == 1) / sum(r["factor"] == 1 for r in rows) for t in tasks}
     rel = {}
     lines = ["| SFT budget | steps | " + " | ".join(tasks) + " | relative performance (per seed) | mean |",
              "|---|---|" + "---|" * (len(tasks) + 2)]
@@ -90,7 +112,15 @@ def summarise(rows: list[dict], tasks: list[str]) -> tuple[list[str], dict]:
     return lines, rel
 
 
-def plot(rows: list[dict], tasks: list[str], path: Path) -> None:
+def baseline_ref(cfg: dict, tasks: list[str]) -> dict:
+    """The grid's baseline under normal inference, per task, the mean over its seeds (as the findings take it)."""
+    res = Path(cfg["results_dir"])
+    scores = [json.loads((res / metrics_relpath(pt, "normal")).read_text())["scores"]
+              for pt in variant_points(cfg, None).values()]
+    return {t: sum(s[t] for s in scores) / len(scores) for t in tasks}
+
+
+def plot(rows: list[dict], tasks: list[str], path: Path, variant: str = "baseline") -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -104,7 +134,7 @@ def plot(rows: list[dict], tasks: list[str], path: Path) -> None:
                     label=t.replace("synth_", "") if j == 0 else None)  # one legend entry a task
     ax.set_xlabel("SFT optimizer steps (each budget a whole run)")
     ax.set_ylabel("accuracy, normal inference (%)")
-    ax.set_title("the baseline against its SFT budget, one line per seed")
+    ax.set_title(f"the {variant} against its SFT budget, one line per seed")
     ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -114,16 +144,18 @@ def main(argv=None) -> int:
     ap = cli.ArgumentParser(prog="python -m dualspeed.grid.budget", description=__doc__)
     ap.add_argument("--factors", type=float, nargs="+", default=[0.5, 2.0], help="SFT epochs as multiples of the grid's")
     ap.add_argument("--seeds", type=int, nargs="+", help="default: the grid's baseline seeds")
+    ap.add_argument("--variant", default="baseline", help="the grid's row to retrain (default: baseline)")
     ap.add_argument("--jobs", type=int, default=2, help="trainings at a time, one thread each")
     ap.add_argument("--configfile", nargs="+", action="extend", default=[], metavar="FILE")
     a = ap.parse_args(argv)
     try:
         cfg = pipeline_config(a.configfile)
-        seeds = a.seeds or sorted(pt.seed for pt in all_points(cfg["grid"]) if pt.variant == "baseline")
-        pts = baseline_points(cfg, seeds)
-        for s, pt in pts.items():
+        pts = variant_points(cfg, a.seeds, a.variant)
+        # another row is read against the grid's baseline, so that must have run too
+        need = list(pts.values()) + ([] if a.variant == "baseline" else list(variant_points(cfg, None).values()))
+        for pt in need:
             if not (Path(recipe.sft_dir(cfg, pt)) / "timing.json").is_file():
-                raise PlanError(f"the grid's baseline of seed {s} has not run: run the grid first "
+                raise PlanError(f"the grid's {pt.variant} of seed {pt.seed} has not run: run the grid first "
                                 f"(bash scripts/run.sh {Path(cfg['results_dir']) / 'tables' / 'main.md'})")
     except PlanError as e:
         print(f"python -m dualspeed.grid.budget: {e}", file=sys.stderr)
@@ -132,18 +164,21 @@ def main(argv=None) -> int:
     with ThreadPoolExecutor(a.jobs) as pool:
         rows = list(pool.map(lambda w: one(cfg, *w), work))
     tasks = cfg["eval"]["tasks"]
-    lines, rel = summarise(rows, tasks)
+    base = a.variant == "baseline"
+    lines, rel = summarise(rows, tasks, None if base else baseline_ref(cfg, tasks))
     tables = Path(cfg["results_dir"]) / "tables"
     tables.mkdir(parents=True, exist_ok=True)
+    name = "budget" if base else f"budget_{a.variant}"
     import pandas as pd
 
-    pd.DataFrame(rows).to_csv(tables / "budget.csv", index=False)
-    (tables / "budget.md").write_text("\n".join(lines) + "\n")
-    plot(rows, tasks, tables / "budget.png")
+    pd.DataFrame(rows).to_csv(tables / f"{name}.csv", index=False)
+    (tables / f"{name}.md").write_text("\n".join(lines) + "\n")
+    plot(rows, tasks, tables / f"{name}.png", a.variant)
     print("\n".join(lines))
     for f, v in rel.items():
         if f != 1:
-            print(f"{f:g}x SFT budget: relative performance {v:.1f} (the grid's 1x: 100), a difference of {v - 100:+.1f}")
+            print(f"{a.variant}, {f:g}x SFT budget: relative performance {v:.1f} against {rel[1.0]:.1f} at the grid's "
+                  f"1x, a difference of {v - rel[1.0]:+.1f}" + ("" if base else " (100 = the grid's baseline)"))
     return 0
 
 
