@@ -143,7 +143,7 @@ def plot(rows: list[dict], tasks: list[str], path: Path, variant: str = "baselin
 def main(argv=None) -> int:
     ap = cli.ArgumentParser(prog="python -m dualspeed.grid.budget", description=__doc__)
     ap.add_argument("--factors", type=float, nargs="+", default=[0.5, 2.0], help="SFT epochs as multiples of the grid's")
-    ap.add_argument("--seeds", type=int, nargs="+", help="default: the grid's baseline seeds")
+    ap.add_argument("--seeds", type=int, nargs="+", help="default: every seed the grid trains the variant with")
     ap.add_argument("--variant", default="baseline", help="the grid's row to retrain (default: baseline)")
     ap.add_argument("--jobs", type=int, default=2, help="trainings at a time, one thread each")
     ap.add_argument("--configfile", nargs="+", action="extend", default=[], metavar="FILE")
