@@ -27,20 +27,19 @@ from .. import cli
 from . import recipe
 from .__main__ import pipeline_config
 from .plan_error import PlanError
-from .variants import all_points, metrics_relpath
+from .variants import all_points, metrics_relpath, point
 
 
 def variant_points(cfg: dict, seeds: list[int] | None, variant: str = "baseline") -> dict:
     """One point a seed: where a sweep gives the variant several, the one at the grid's method, p and r."""
     g = cfg["grid"]
-    pts = {}
-    for pt in sorted(all_points(g)):
-        if pt.variant == variant and (pt.seed not in pts or (pt.method in (g["method"], "none")
-                                                            and pt.p in (g["p"], 0) and pt.r in (g["r"], 0))):
-            pts[pt.seed] = pt
+    trained = all_points(g)
+    if variant not in {pt.variant for pt in trained}:
+        raise PlanError(f"the grid trains no '{variant}'; its variants: {sorted({pt.variant for pt in trained})}")
+    row = point(variant, g["method"], g["p"], g["r"])  # canonical: the baseline's method is 'none', and so on
+    pts = {pt.seed: pt for pt in trained if pt.row == row}
     if not pts:
-        raise PlanError(f"the grid trains no '{variant}'; its variants: "
-                        f"{sorted({pt.variant for pt in all_points(g)})}")
+        raise PlanError(f"the grid trains '{variant}' only away from its own method, p and r ({row.path})")
     seeds = sorted(pts) if seeds is None else seeds
     missing = [s for s in seeds if s not in pts]
     if missing:
@@ -74,7 +73,7 @@ def evaluate(cfg: dict, ckpt: Path, seed: int, out: Path, log: Path) -> dict:
 
 
 def one(cfg: dict, pt, factor: float) -> dict:
-    """Train (unless 1x, the grid's own run) and evaluate one baseline at `factor` times the SFT epochs."""
+    """Train (unless 1x, the grid's own run) and evaluate one point at `factor` times the SFT epochs."""
     runs, results = Path(cfg["runs_dir"]), Path(cfg["results_dir"])
     if factor == 1:
         run = Path(recipe.sft_dir(cfg, pt))
@@ -113,7 +112,8 @@ def summarise(rows: list[dict], tasks: list[str], ref: dict | None = None) -> tu
 
 
 def baseline_ref(cfg: dict, tasks: list[str]) -> dict:
-    """The grid's baseline under normal inference, per task, the mean over its seeds (as the findings take it)."""
+    """The grid's baseline under normal inference, per task, the mean over its seeds, as report.collect.Scorer takes
+    it; unlike Scorer it keeps a task the baseline answers at chance (grid/ sits below report/ and cannot call it)."""
     res = Path(cfg["results_dir"])
     scores = [json.loads((res / metrics_relpath(pt, "normal")).read_text())["scores"]
               for pt in variant_points(cfg, None).values()]
