@@ -41,7 +41,7 @@ def test_command_line_strings_become_the_schema_types():
     ({"grid__p": "1.5"}, "config key 'grid.p' is 1.5; allowed: < 1"),
     ({"sft__train": {"batch_size": "four"}}, "config key 'sft.train.batch_size' is 'four'; allowed: a value of type integer"),
     ({"eval__backend": "foo"}, "config key 'eval.backend' is 'foo'; allowed: one of synthetic, lmms_eval"),
-    ({"grid__bogus": 1}, "unknown config key 'grid.bogus'; allowed: the keys method, methods, p, p_sweep, r, r_sweep"),
+    ({"grid__bogus": 1}, "unknown config key 'grid.bogus'; allowed: the keys extra_seeded_variants, extra_seeds, method, methods, p, p_sweep, r, r_sweep"),
     ({"grid__method": "nosuch"}, "config key 'grid.method' is 'nosuch', not a registered VTP method; allowed: cdpruner, divprune"),
     ({"grid__methods": ["divprune", "nosuch"]}, "config key 'grid.methods' names unknown VTP method(s) ['nosuch']"),
     # a method's options, by its own spec, against the k = 6 of 64 tokens the tiny model keeps at p = 0.9

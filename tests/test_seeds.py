@@ -9,7 +9,9 @@ from dualspeed.grid import recipe
 from dualspeed.report.findings import MARGIN, verdict
 from dualspeed.report.stats import Diff, Pooled, diff, stat
 from dualspeed.report.tables import build
-from dualspeed.grid.variants import all_points, metrics_relpath, point, point_seeds, vtp_inference_paths
+from dualspeed.grid.variants import (all_points, every_seed, metrics_relpath, point, point_seeds, trained_for,
+                                    vtp_inference_paths)
+from dualspeed.modes import PDROP_MODE
 
 GRID = {"method": "divprune", "p": 0.9, "r": 0.1, "methods": ["divprune", "tome"], "p_sweep": [0.5, 0.9],
         "r_sweep": [0.1, 0.5], "seeds": [0, 1, 2], "seeded_tables": ["main", "mismatch", "ablation"]}
@@ -70,7 +72,7 @@ def test_t_interval_and_welch_difference():
     pooled = Pooled.of([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0], [7.0]])
     assert pooled.sd == pytest.approx(1.0) and pooled.dof == 4
     one = diff(stat([9.0]), s, pooled)
-    assert one.how == "pooled" and one.hi - one.lo == pytest.approx(2 * st.t.ppf(0.975, 4) * (1 + 1 / 3) ** 0.5)
+    assert one.how == "pooled (sd 1.00, 4 dof)" and one.hi - one.lo == pytest.approx(2 * st.t.ppf(0.975, 4) * (1 + 1 / 3) ** 0.5)
     assert diff(stat([9.0]), stat([1.0])).lo is None
 
 
@@ -83,9 +85,9 @@ def test_verdicts(lo, hi, claim, want):
     assert verdict(Diff(1.0, None, None, "none"), claim).startswith("inconclusive")
 
 
-def _fake_grid(tmp_path, normal: dict[str, list[float]]):
-    """Runs of the ablation's rows with the given per-seed score on one benchmark (pruned = normal)."""
-    grid = {**GRID, "methods": ["divprune"], "p_sweep": [0.9], "r_sweep": [0.1]}
+def _fake_grid(tmp_path, normal: dict[str, list[float]], pruned: dict[str, list[float]] | None = None, **grid_kw):
+    """Runs of the given rows with the given per-seed score on one benchmark (pruned = normal unless given)."""
+    grid = {**GRID, "methods": ["divprune"], "p_sweep": [0.9], "r_sweep": [0.1], **grid_kw}
     cfg = {"grid": grid, "runs_dir": str(tmp_path / "runs"), "results_dir": str(tmp_path / "results"),
            "eval": {"modes": ["normal", "pruned", "pruned_noiso"]}}
     for variant, scores in normal.items():
@@ -98,7 +100,8 @@ def _fake_grid(tmp_path, normal: dict[str, list[float]]):
             for mode in ("normal", "pruned", "pruned_noiso"):
                 f = Path(cfg["results_dir"]) / metrics_relpath(pt, mode)
                 f.parent.mkdir(parents=True, exist_ok=True)
-                f.write_text(json.dumps({"scores": {"a": score}}))
+                own = (pruned or {}).get(variant)
+                f.write_text(json.dumps({"scores": {"a": own[seed] if own and mode != "normal" else score}}))
     return cfg
 
 
@@ -161,3 +164,57 @@ def test_a_baseline_above_chance_only_by_its_question_count_but_not_by_its_seeds
     df, _ = build(cfg, "mismatch")
     from dualspeed.report.tables import _cell
     assert _cell(df.iloc[0]["paper pruned %"]) == "-" and _cell(float("nan")) == "-"
+
+
+def test_a_variant_can_have_extra_seeds_in_every_table():
+    grid = dict(GRID, seeded_tables=["mismatch"], extra_seeds=[3, 4], extra_seeded_variants=["naiveprune"])
+    ps = point_seeds(grid)
+    assert ps[point("naiveprune", "divprune", 0.9, 0.1)] == [0, 1, 2, 3, 4]  # in mismatch, ablation, per_stage
+    assert ps[point("dualspeed", "divprune", 0.9, 0.1)] == [0, 1, 2]
+    assert ps[point("vtp_sft", "divprune", 0.9, 0.1)] == [0]
+    assert every_seed(grid) == [0, 1, 2, 3, 4]
+    tags = {pt.pretrain_tag for pt in all_points(grid)}
+    assert "divprune_p0.9_noiso_s4" in tags and "full_s4" not in tags  # its own pretraining, nothing else's
+    assert point_seeds(dict(grid, extra_seeds=[])) == point_seeds(dict(GRID, seeded_tables=["mismatch"]))
+    with pytest.raises(ValueError, match="extra_seeded_variants names unknown variant.*'naive'"):
+        point_seeds(dict(GRID, extra_seeds=[3], extra_seeded_variants=["naive"]))
+
+
+def test_trained_for_names_the_inference_a_rows_sft_saw():
+    v = lambda name: point(name, "divprune", 0.9, 0.1)  # noqa: E731
+    assert trained_for(v("baseline"), "normal") and not trained_for(v("baseline"), "pruned")
+    assert trained_for(v("naiveprune"), "pruned") and not trained_for(v("naiveprune"), "normal")
+    assert trained_for(v("naiveprune"), "pruned_noiso")  # no isolator trained: the same evaluation as pruned
+    assert trained_for(v("fastslow"), "normal") and trained_for(v("fastslow"), "pruned")  # slow and fast steps
+    assert trained_for(v("dualspeed"), "pruned") and not trained_for(v("dualspeed"), "pruned_noiso")
+    assert trained_for(v("vtp_pretrain"), "normal") and not trained_for(v("vtp_sft"), "normal")
+    assert trained_for(v("pdrop"), PDROP_MODE) and not trained_for(v("pdrop"), "normal")
+    assert trained_for(v("pmod"), "normal") and not trained_for(v("baseline"), PDROP_MODE)
+
+
+def test_a_one_seed_rows_interval_takes_the_spread_of_its_kind(tmp_path):
+    # NaivePrune under normal inference swings by seed; every row evaluated as it trained agrees to a point
+    cfg = _fake_grid(tmp_path, {"baseline": [80, 81, 80], "vtp_pretrain": [79], "vtp_sft": [50],
+                                "naiveprune": [70, 40, 60]},
+                     pruned={"naiveprune": [78, 79, 78], "baseline": [40, 45, 38]},
+                     seeded_tables=["mismatch"])
+    cfg["grid"]["seeds"] = [0, 1, 2]
+    from dualspeed.report.collect import Scorer
+    sc = Scorer(cfg)
+    rows = [point(n, "divprune", 0.9, 0.1) for n in ("baseline", "vtp_pretrain", "vtp_sft", "naiveprune")]
+    seeded = [r for r in rows if len(sc.seeds_of(r)) > 1]
+    assert [r.variant for r in seeded] == ["baseline", "naiveprune"]
+    as_trained, not_as = sc.pooled(rows, like=(rows[1], "normal")), sc.pooled(rows, like=(rows[2], "normal"))
+    # as trained: the baseline's normal and NaivePrune's pruned inference; not: NaivePrune's normal, the
+    # baseline's pruned
+    assert as_trained.dof == 4 and as_trained.over == "as trained" and as_trained.sd < 1
+    assert not_as.dof == 4 and not_as.over == "not as trained" and not_as.sd > 10
+    everything = sc.pooled(rows)  # no kind: every seeded row's normal inference, as before
+    assert everything.dof == 4 and as_trained.sd < everything.sd < not_as.sd
+    df, _ = build(cfg, "per_stage")
+    delta = list(df["Δ vs previous"])
+    # VTP in pretraining only, one seed, 1.2 points under the baseline: inside the baseline-like noise, narrowly
+    lo, hi = (float(x) for x in delta[1].split("[")[1].split("]")[0].split(","))
+    assert hi - lo < 10 and lo < 0 < hi
+    lo, hi = (float(x) for x in delta[2].split("[")[1].split("]")[0].split(","))
+    assert hi - lo > 50  # VTP in SFT only, under normal inference: NaivePrune's spread

@@ -4,7 +4,7 @@ A point of the grid is (variant, method, p, r, seed). Settings a variant ignores
 (baseline -> method 'none', p 0, r 0; no slow mode -> r 0) so that identical trainings share one
 run directory, and pretraining runs are keyed only by what pretraining sees - and by the seed: a seed
 never shares a pretraining run with another. A table's row is a point at seed 0 (`row`); the seeds it
-is trained with come from `grid.seeds` (`point_seeds`).
+is trained with come from `grid.seeds` and `grid.extra_seeds` (`point_seeds`).
 """
 from __future__ import annotations
 
@@ -151,19 +151,29 @@ def seeds(grid: dict) -> list[int]:
 
 def point_seeds(grid: dict) -> dict[Point, list[int]]:
     """row -> the seeds it is trained with: every seed for a row of a table in `grid.seeded_tables` or of a variant
-    in `grid.seeded_variants`, the first seed otherwise. A row shared by several tables is reported with every
-    seed it has."""
+    in `grid.seeded_variants`, the first seed otherwise; a variant in `grid.extra_seeded_variants` gets every seed
+    and `grid.extra_seeds` too, in every table (a row whose seed-to-seed spread is itself the effect a finding
+    measures needs more seeds than the rest). A row shared by several tables is reported with every seed it has."""
     all_seeds, seeded = seeds(grid), set(grid.get("seeded_tables", []))
     variants = set(grid.get("seeded_variants", []))
-    unknown = variants - set(VARIANTS)
-    if unknown:
-        raise ValueError(f"grid.seeded_variants names unknown variant(s) {sorted(unknown)}; variants: {', '.join(VARIANTS)}")
+    extra, more = [int(s) for s in grid.get("extra_seeds", [])], set(grid.get("extra_seeded_variants", []))
+    for key, names in (("seeded_variants", variants), ("extra_seeded_variants", more)):
+        unknown = names - set(VARIANTS)
+        if unknown:
+            raise ValueError(f"grid.{key} names unknown variant(s) {sorted(unknown)}; variants: {', '.join(VARIANTS)}")
     out: dict[Point, set[int]] = {}
     for name, pts in table_points(grid).items():
         for pt in pts:
-            every = name in seeded or pt.variant in variants
+            every = name in seeded or pt.variant in variants or pt.variant in more
             out.setdefault(pt, set()).update(all_seeds if every else all_seeds[:1])
+            if pt.variant in more:
+                out[pt].update(extra)
     return {pt: sorted(s) for pt, s in out.items()}
+
+
+def every_seed(grid: dict) -> list[int]:
+    """Every seed any row of the grid is trained with."""
+    return sorted({s for ss in point_seeds(grid).values() for s in ss} | set(seeds(grid)))
 
 
 def baseline_row(grid: dict) -> Point:
@@ -181,6 +191,19 @@ def vtp_inference_paths(grid: dict) -> dict[str, str]:
     base = baseline_row(grid).with_seed(seeds(grid)[0])
     return {mm: (metrics_relpath(base, "pruned") if mm == grid["method"] else f"vtp_inference/{mm}/p{fmt(grid['p'])}.json")
             for mm in grid["methods"]}
+
+
+def trained_for(pt: Point, mode: str) -> bool:
+    """Whether the row's SFT trained on the sequences an inference mode feeds it: normal inference for a row whose
+    SFT saw every visual token (always, or in its slow steps), pruned inference for one whose SFT pruned (with the
+    isolator where it trained one), PyramidDrop's for PyramidDrop. A row evaluated otherwise meets inputs it never
+    trained on, and its score then moves with the seed far more (NaivePrune under normal inference: docs/seeds.md)."""
+    s = pt.settings
+    if mode == PDROP_MODE:
+        return s["pdrop"]
+    if mode == "normal":
+        return not s["pdrop"] and (s["fast_slow"] or not s["sft_prune"])
+    return s["sft_prune"] and (mode == "pruned" or not s["iso"])
 
 
 def own_modes(pt: Point) -> list[str]:

@@ -28,6 +28,10 @@ def _paired(sc: Scorer, row, mode_a: str, mode_b: str) -> Diff:
     return Diff(d.mean, d.lo, d.hi, "paired" if d.half is not None else "none")
 
 
+def v_row(g: dict, variant: str):
+    return point(variant, g["method"], g["p"], g["r"])
+
+
 def verdict(d: Diff, claim: str) -> str:
     if d.lo is None:
         return "inconclusive (one seed, no spread known)"
@@ -83,7 +87,7 @@ def findings_table(cfg: dict) -> tuple[pd.DataFrame, str]:
     g = cfg["grid"]
     sc = Scorer(cfg)
     ran = set(all_tables(g, has_pretraining(cfg))["findings"])
-    pooled = sc.pooled(sorted(ran))  # over its rows with two or more seeds
+    seeded = sorted(ran)  # a one-seed row's spread: pooled over these rows' seeded evaluations of its kind
     rows = []
     for text, paper, claim, (ra, ma), (rb, mb) in _findings(g):
         if not {ra, rb} <= ran:  # an SFT-only grid: a claim about pretraining settings
@@ -92,15 +96,19 @@ def findings_table(cfg: dict) -> tuple[pd.DataFrame, str]:
                          "verdict": "not run (no pretraining stage)"})
             continue
         a, b = sc.rel_stat(ra, ma), sc.rel_stat(rb, mb)
-        d = _paired(sc, ra, ma, mb) if ra == rb else diff(a, b, pooled)
+        one = (ra, ma) if a.n < 2 else (rb, mb)
+        d = _paired(sc, ra, ma, mb) if ra == rb else diff(a, b, sc.pooled(seeded, like=one))
         rows.append({"finding": text, "paper": paper, "claim": f"A {claim} B",
                      "A": f"{ra.variant} {ma}: {a.fmt()} (n={a.n})", "B": f"{rb.variant} {mb}: {b.fmt()} (n={b.n})",
                      "A - B [95% CI]": d.fmt(), "interval": d.how, "verdict": verdict(d, claim)})
-    sd = "none" if pooled.sd is None else f"{pooled.sd:.2f} points ({pooled.dof} degrees of freedom)"
+    kinds = {k: sc.pooled(seeded, like=pt) for k, pt in (("as", (v_row(g, "baseline"), "normal")),
+                                                         ("not", (v_row(g, "naiveprune"), "normal")))}
     caption = ("The paper's findings on this grid. Relative performance in % of the baseline (mean of its seeds); "
                "A and B are means over seeds ± 95% t-interval. The interval of A - B is the paired t-interval "
                "for one row under two inference modes, Welch's for two rows with >= 2 seeds each, and for a "
-               f"one-seed row the seed-to-seed spread pooled over the seeded rows (sd {sd}). Verdicts: "
+               "one-seed row the seed-to-seed spread pooled over the seeded rows' evaluations of its kind: "
+               f"evaluated as the row trained ({kinds['as'].fmt()}), or under an inference its SFT never saw "
+               f"({kinds['not'].fmt()}; NaivePrune under normal inference). Verdicts: "
                f"'A > B' is reproduced when the interval lies above 0; 'A ≈ B' when it lies within ±{MARGIN:g} points; "
                "not reproduced when it lies wholly on the other side; inconclusive otherwise.")
     margin = sc.question_margin()

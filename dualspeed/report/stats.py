@@ -2,8 +2,9 @@
 
 A row trained with n >= 2 seeds gets mean ± t(0.975, n-1)·s/√n. The difference of two rows gets
 Welch's interval when both have two or more seeds; where one has a single seed, the within-row
-standard deviation pooled over every seeded row of the grid stands in for the missing spread
-(`Pooled`), and the interval says so (`how`). A difference is marked only when its interval excludes 0.
+standard deviation pooled over the grid's seeded evaluations of the same kind (evaluated as the row
+trained, or not) stands in for the missing spread (`Pooled`), and the interval says so (`how`). A
+difference is marked only when its interval excludes 0.
 """
 from __future__ import annotations
 
@@ -60,14 +61,20 @@ class Pooled:
     """The within-row spread pooled over rows with >= 2 seeds: sd and its degrees of freedom."""
     sd: float | None
     dof: int
+    over: str = ""  # which evaluations, where not every seeded row's normal inference
 
     @classmethod
-    def of(cls, groups) -> "Pooled":
+    def of(cls, groups, over: str = "") -> "Pooled":
         groups = [list(g) for g in groups if len(g) >= 2]
         dof = sum(len(g) - 1 for g in groups)
         if not dof:
-            return cls(None, 0)
-        return cls(math.sqrt(sum(_var(g) * (len(g) - 1) for g in groups) / dof), dof)
+            return cls(None, 0, over)
+        return cls(math.sqrt(sum(_var(g) * (len(g) - 1) for g in groups) / dof), dof, over)
+
+    def fmt(self) -> str:
+        if self.sd is None:
+            return "none"
+        return f"sd {self.sd:.2f}, {self.dof} dof{', ' + self.over if self.over else ''}"
 
 
 @dataclass(frozen=True)
@@ -75,7 +82,7 @@ class Diff:
     mean: float
     lo: float | None
     hi: float | None
-    how: str  # "welch", "pooled" or "none" (no spread known)
+    how: str  # "welch", "paired", "pooled (<which spread>)" or "none" (no spread known)
 
     @property
     def outside(self) -> bool:
@@ -101,5 +108,5 @@ def diff(a: Stat, b: Stat, pooled: Pooled | None = None) -> Diff:
         return Diff(d, d - h, d + h, "welch")
     if pooled is not None and pooled.sd is not None:
         h = _tq(pooled.dof) * pooled.sd * math.sqrt(1 / a.n + 1 / b.n)
-        return Diff(d, d - h, d + h, "pooled")
+        return Diff(d, d - h, d + h, f"pooled ({pooled.fmt()})")
     return Diff(d, None, None, "none")

@@ -69,7 +69,8 @@ def _label(pt) -> str:
 SEEDS = ("Each cell is the mean over the row's seeds ± the half-width of its 95% t-interval (no interval: one "
          "seed); the seeds of each row are in the CSV's 'seeds' column.")
 DELTA = ("'Δ vs previous' is the difference in normal-inference relative performance from the row above with its "
-         "95% interval (Welch's; for a one-seed row, the seed-to-seed spread pooled over this table's seeded rows); "
+         "95% interval (Welch's; for a one-seed row, the seed-to-seed spread pooled over this table's seeded rows' "
+         "evaluations of its kind: evaluated as the row trained, or under an inference its SFT never saw); "
          "* marks an interval that excludes 0, a difference outside the run-to-run noise.")
 
 
@@ -124,19 +125,22 @@ def build(cfg: dict, name: str) -> tuple[pd.DataFrame, str]:
                    f"method and p, with the isolator) and pruned inference without the isolator (the same evaluation "
                    f"as pruned for a run that trained no isolator). {REL} {SEEDS} {paper}")
     elif name in ("ablation", "per_stage"):
-        pooled = sc.pooled(pts)
-        prev = None
+        prev = prev_pt = None
         for pt in pts:
             sp = sc.speed_stats(pt)
             cur = sc.rel_stat(pt)
             row = {"run": _label(pt), "what": DESCRIPTIONS[pt.variant], "seeds": _seeds(sc, pt)}
             row.update({f"{mode} %": sc.rel_stat(pt, mode) for mode in modes})
-            row["Δ vs previous"] = diff(cur, prev, pooled).fmt() if prev is not None else None
+            if prev is not None:
+                one = (pt if cur.n < 2 else prev_pt, "normal")  # a one-seed row's spread: of its kind (Scorer.pooled)
+                row["Δ vs previous"] = diff(cur, prev, sc.pooled(pts, like=one)).fmt()
+            else:
+                row["Δ vs previous"] = None
             row["speedup overall"] = sp["speedup_overall"]
             row["compute speedup overall"] = sp["compute_speedup_overall"]
             row["paper normal %"] = ref[name].get(pt.variant)
             rows.append(row)
-            prev = cur
+            prev, prev_pt = cur, pt
         caption = ("Component ablation: NaivePrune -> + fast-slow -> + isolator -> + distillation (= DualSpeed), "
                    "and DualSpeed without the isolator. " if name == "ablation" else
                    "VTP per stage: none, pretraining only, SFT only, both (= NaivePrune). ") + \

@@ -13,7 +13,7 @@ from snakemake_interface_executor_plugins.settings import DeploymentMethod
 from dualspeed import launch
 from dualspeed.grid import folders, plan_check, recipe
 from dualspeed.grid.variants import (VARIANTS, all_points, all_tables, baseline_row, fmt,
-                                     metrics_relpath, point, point_seeds, seeds, vtp_inference_paths)
+                                     every_seed, metrics_relpath, point, point_seeds, seeds, vtp_inference_paths)
 from dualspeed.grid.variants import own_modes, pdrop_inference_path
 from dualspeed.modes import INFERENCE_MODES
 
@@ -50,7 +50,7 @@ RES = config["results_dir"]
 FIGS = config["figures_dir"]
 TABLES = all_tables(GRID, HAS_PRETRAINING)
 SEEDS = point_seeds(GRID)  # row -> its seeds
-SEEDS_ALL = seeds(GRID)
+SEEDS_ALL = every_seed(GRID)
 POINTS = all_points(GRID)  # every training, each seed its own
 PRETRAIN = {pt.pretrain_tag: pt for pt in sorted(POINTS, reverse=True)}
 MODES = config["eval"]["modes"]
