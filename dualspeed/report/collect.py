@@ -133,7 +133,7 @@ class Scorer:
     def pooled(self, rows, like: tuple[Point, str] | None = None) -> Pooled:
         """Seed-to-seed spread of relative performance pooled over the given rows that have >= 2 seeds. With `like`
         (a row and an inference mode), over every seeded evaluation of those rows of the same kind: evaluated as
-        its row trained, or not (`trained_for`); under an inference its SFT never saw, NaivePrune's spread is ten
+        its row trained, or not (`trained_for`); under an inference its SFT never saw, NaivePrune's spread is nine
         times the others' and would set every one-seed interval. Without a seeded evaluation of that kind, and
         without `like`, over the rows' normal inference."""
         seeded = [r for r in rows if len(self.seeds_of(r)) >= 2]

@@ -28,10 +28,6 @@ def _paired(sc: Scorer, row, mode_a: str, mode_b: str) -> Diff:
     return Diff(d.mean, d.lo, d.hi, "paired" if d.half is not None else "none")
 
 
-def v_row(g: dict, variant: str):
-    return point(variant, g["method"], g["p"], g["r"])
-
-
 def verdict(d: Diff, claim: str) -> str:
     if d.lo is None:
         return "inconclusive (one seed, no spread known)"
@@ -87,7 +83,7 @@ def findings_table(cfg: dict) -> tuple[pd.DataFrame, str]:
     g = cfg["grid"]
     sc = Scorer(cfg)
     ran = set(all_tables(g, has_pretraining(cfg))["findings"])
-    seeded = sorted(ran)  # a one-seed row's spread: pooled over these rows' seeded evaluations of its kind
+    rows_ran = sorted(ran)  # a one-seed row's spread: pooled over these rows' seeded evaluations of its kind
     rows = []
     for text, paper, claim, (ra, ma), (rb, mb) in _findings(g):
         if not {ra, rb} <= ran:  # an SFT-only grid: a claim about pretraining settings
@@ -97,12 +93,12 @@ def findings_table(cfg: dict) -> tuple[pd.DataFrame, str]:
             continue
         a, b = sc.rel_stat(ra, ma), sc.rel_stat(rb, mb)
         one = (ra, ma) if a.n < 2 else (rb, mb)
-        d = _paired(sc, ra, ma, mb) if ra == rb else diff(a, b, sc.pooled(seeded, like=one))
+        d = _paired(sc, ra, ma, mb) if ra == rb else diff(a, b, sc.pooled(rows_ran, like=one))
         rows.append({"finding": text, "paper": paper, "claim": f"A {claim} B",
                      "A": f"{ra.variant} {ma}: {a.fmt()} (n={a.n})", "B": f"{rb.variant} {mb}: {b.fmt()} (n={b.n})",
                      "A - B [95% CI]": d.fmt(), "interval": d.how, "verdict": verdict(d, claim)})
-    kinds = {k: sc.pooled(seeded, like=pt) for k, pt in (("as", (v_row(g, "baseline"), "normal")),
-                                                         ("not", (v_row(g, "naiveprune"), "normal")))}
+    naive = point("naiveprune", g["method"], g["p"], g["r"])  # trained pruned: normal inference is not as trained
+    kinds = {"as": sc.pooled(rows_ran, like=(naive, "pruned")), "not": sc.pooled(rows_ran, like=(naive, "normal"))}
     caption = ("The paper's findings on this grid. Relative performance in % of the baseline (mean of its seeds); "
                "A and B are means over seeds ± 95% t-interval. The interval of A - B is the paired t-interval "
                "for one row under two inference modes, Welch's for two rows with >= 2 seeds each, and for a "
