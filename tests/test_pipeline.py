@@ -40,10 +40,11 @@ def test_lint_is_clean():
 def test_default_grid_dry_run_counts():
     n = dry()
     # 10 distinct SFT rows (p-MoD's on the baseline's pretraining); the 5 rows the mismatch and ablation findings
-    # read (baseline, naiveprune, fastslow, fastslow_iso, dualspeed) run 3 seeds, the other 5 one: 5 * 3 + 5.
-    # Pretraining per seed: full, divprune with and without the isolator; PyramidDrop's own at seed 0
-    assert n["sft"] == 20 and n["pretrain"] == 10 and n["standin"] == 2 and n["synthesize"] == 1
-    assert n["evaluate"] == 20  # one job per checkpoint, every inference mode in it
+    # read (baseline, naiveprune, fastslow, fastslow_iso, dualspeed) run 3 seeds, the other 5 one: 5 * 3 + 5, and
+    # NaivePrune 4 more (grid.extra_seeds). Pretraining per seed: full, divprune with and without the isolator;
+    # PyramidDrop's own at seed 0; NaivePrune's own (divprune without the isolator) at seeds 3-6
+    assert n["sft"] == 5 * 3 + 5 + 4 and n["pretrain"] == 3 * 3 + 1 + 4 and n["standin"] == 2 and n["synthesize"] == 1
+    assert n["evaluate"] == 24  # one job per checkpoint, every inference mode in it
     assert n["evaluate_pdrop"] == 2  # PyramidDrop's dropping inference: its row, and the baseline training-free
     assert "evaluate_vtp" not in n  # one method: the baseline's own pruned evaluation
     assert n["table"] == 9 and n["figure"] == 3  # the paper's 8 tables and the findings table
@@ -52,20 +53,22 @@ def test_default_grid_dry_run_counts():
 def test_full_grid_dry_run_counts():
     n = dry("--configfile", "config/full.yaml")
     # 21 distinct rows: the default's 10, DualSpeed with the 5 other methods, 3 more p and 3 more r; 3 seeds for
-    # the 16 rows of main, mismatch, ablation, per-stage and the sweeps, one for the method rows: 16 * 3 + 5
-    assert n["sft"] == 53 and n["evaluate"] == 53 and n["evaluate_vtp"] == 5
+    # the 16 rows of main, mismatch, ablation, per-stage and the sweeps, one for the method rows: 16 * 3 + 5; and
+    # the default's 4 more NaivePrune seeds
+    assert n["sft"] == 16 * 3 + 5 + 4 and n["evaluate"] == 57 and n["evaluate_vtp"] == 5
     assert n["evaluate_pdrop"] == 3 + 1  # PyramidDrop's three seeds, and the baseline's first training-free
     # seed 0: full, divprune p0.9 with and without the isolator, the 5 other methods, p 0.5/0.75/0.95, PyramidDrop
-    # (12); seeds 1 and 2: the same but the other methods (7 each)
-    assert n["pretrain"] == 26
+    # (12); seeds 1 and 2: the same but the other methods (7 each); NaivePrune's at seeds 3-6
+    assert n["pretrain"] == 26 + 4
 
 
 def test_one_table_builds_only_its_runs():
     n = dry(f"{'results'}/tables/ablation.md")
-    # baseline, naiveprune, fastslow, fastslow_iso, dualspeed on 3 seeds; dualspeed_noiso on one
-    assert n["sft"] == 5 * 3 + 1
-    assert n["pretrain"] == 3 * 3  # full, divprune_p0.9_iso, divprune_p0.9_noiso per seed: shared, not duplicated
-    assert n["evaluate"] == 16 and n["table"] == 1 and "figure" not in n
+    # baseline, naiveprune, fastslow, fastslow_iso, dualspeed on 3 seeds, naiveprune on 4 more; dualspeed_noiso on one
+    assert n["sft"] == 5 * 3 + 4 + 1
+    # full, divprune_p0.9_iso, divprune_p0.9_noiso per seed: shared, not duplicated; NaivePrune's at seeds 3-6
+    assert n["pretrain"] == 3 * 3 + 4
+    assert n["evaluate"] == 20 and n["table"] == 1 and "figure" not in n
 
 
 def test_seeded_rows_of_the_smoke_grid():
