@@ -204,7 +204,9 @@ def test_a_one_seed_rows_interval_takes_the_spread_of_its_kind(tmp_path):
     rows = [point(n, "divprune", 0.9, 0.1) for n in ("baseline", "vtp_pretrain", "vtp_sft", "naiveprune")]
     seeded = [r for r in rows if len(sc.seeds_of(r)) > 1]
     assert [r.variant for r in seeded] == ["baseline", "naiveprune"]
-    as_trained, not_as = sc.pooled(rows, like=(rows[1], "normal")), sc.pooled(rows, like=(rows[2], "normal"))
+    # VTP in pretraining only under normal inference is evaluated as it trained; VTP in SFT only is not
+    assert trained_for(rows[1], "normal") and not trained_for(rows[2], "normal")
+    as_trained, not_as = sc.pooled(rows, as_trained=True), sc.pooled(rows, as_trained=False)
     # as trained: the baseline's normal and NaivePrune's pruned inference; not: NaivePrune's normal, the
     # baseline's pruned
     assert as_trained.dof == 4 and as_trained.over == "as trained" and as_trained.sd < 1

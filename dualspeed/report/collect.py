@@ -130,20 +130,20 @@ class Scorer:
         per = [self.speedups(pt) for pt in self.runs(row)]
         return {k: (None if any(d[k] is None for d in per) else stat([d[k] for d in per])) for k in per[0]}
 
-    def pooled(self, rows, like: tuple[Point, str] | None = None) -> Pooled:
-        """Seed-to-seed spread of relative performance pooled over the given rows that have >= 2 seeds. With `like`
-        (a row and an inference mode), over every seeded evaluation of those rows of the same kind: evaluated as
-        its row trained, or not (`trained_for`); under an inference its SFT never saw, NaivePrune's spread is nine
-        times the others' and would set every one-seed interval. Without a seeded evaluation of that kind, and
-        without `like`, over the rows' normal inference."""
+    def pooled(self, rows, as_trained: bool | None = None) -> Pooled:
+        """Seed-to-seed spread of relative performance pooled over the given rows that have >= 2 seeds. With
+        `as_trained`, over every seeded evaluation of those rows of that kind: evaluated as its row trained (True)
+        or not (False; `trained_for`); under an inference its SFT never saw, NaivePrune's spread is nine times the
+        others' and would set every one-seed interval. Without a seeded evaluation of that kind, and without
+        `as_trained`, over the rows' normal inference."""
         seeded = [r for r in rows if len(self.seeds_of(r)) >= 2]
-        if like is not None:
-            kind = trained_for(*like)
-            same = [self.rel_stat(r, m).values for r in seeded for m in self.pool_modes(r) if trained_for(r, m) == kind]
+        if as_trained is not None:
+            same = [self.rel_stat(r, m).values for r in seeded for m in self.pool_modes(r)
+                    if trained_for(r, m) == as_trained]
             if same:
-                return Pooled.of(same, "as trained" if kind else "not as trained")
+                return Pooled.of(same, "as trained" if as_trained else "not as trained")
         return Pooled.of([self.rel_stat(r, "normal").values for r in seeded],
-                         "" if like is None else "none of its kind seeded: every seeded row's normal inference")
+                         "" if as_trained is None else "none of its kind seeded: every seeded row's normal inference")
 
     def pool_modes(self, row: Point) -> list[str]:
         """The inference modes a row is evaluated in, each a distinct evaluation (pruned without the isolator is

@@ -14,7 +14,7 @@ from __future__ import annotations
 import pandas as pd
 
 from ..grid.recipe import has_pretraining
-from ..grid.variants import all_tables, point
+from ..grid.variants import all_tables, point, trained_for
 from .collect import Scorer, sft_only_note
 from .stats import Diff, diff, stat
 
@@ -83,7 +83,8 @@ def findings_table(cfg: dict) -> tuple[pd.DataFrame, str]:
     g = cfg["grid"]
     sc = Scorer(cfg)
     ran = set(all_tables(g, has_pretraining(cfg))["findings"])
-    rows_ran = sorted(ran)  # a one-seed row's spread: pooled over these rows' seeded evaluations of its kind
+    # a one-seed row's spread: pooled over the seeded evaluations of its kind (Scorer.pooled)
+    pools = {kind: sc.pooled(sorted(ran), as_trained=kind) for kind in (True, False)}
     rows = []
     for text, paper, claim, (ra, ma), (rb, mb) in _findings(g):
         if not {ra, rb} <= ran:  # an SFT-only grid: a claim about pretraining settings
@@ -93,18 +94,16 @@ def findings_table(cfg: dict) -> tuple[pd.DataFrame, str]:
             continue
         a, b = sc.rel_stat(ra, ma), sc.rel_stat(rb, mb)
         one = (ra, ma) if a.n < 2 else (rb, mb)
-        d = _paired(sc, ra, ma, mb) if ra == rb else diff(a, b, sc.pooled(rows_ran, like=one))
+        d = _paired(sc, ra, ma, mb) if ra == rb else diff(a, b, pools[trained_for(*one)])
         rows.append({"finding": text, "paper": paper, "claim": f"A {claim} B",
                      "A": f"{ra.variant} {ma}: {a.fmt()} (n={a.n})", "B": f"{rb.variant} {mb}: {b.fmt()} (n={b.n})",
                      "A - B [95% CI]": d.fmt(), "interval": d.how, "verdict": verdict(d, claim)})
-    naive = point("naiveprune", g["method"], g["p"], g["r"])  # trained pruned: normal inference is not as trained
-    kinds = {"as": sc.pooled(rows_ran, like=(naive, "pruned")), "not": sc.pooled(rows_ran, like=(naive, "normal"))}
     caption = ("The paper's findings on this grid. Relative performance in % of the baseline (mean of its seeds); "
                "A and B are means over seeds ± 95% t-interval. The interval of A - B is the paired t-interval "
                "for one row under two inference modes, Welch's for two rows with >= 2 seeds each, and for a "
                "one-seed row the seed-to-seed spread pooled over the seeded rows' evaluations of its kind: "
-               f"evaluated as the row trained ({kinds['as'].fmt()}), or under an inference its SFT never saw "
-               f"({kinds['not'].fmt()}; NaivePrune under normal inference). Verdicts: "
+               f"evaluated as the row trained ({pools[True].fmt()}), or under an inference its SFT never saw "
+               f"({pools[False].fmt()}; NaivePrune under normal inference). Verdicts: "
                f"'A > B' is reproduced when the interval lies above 0; 'A ≈ B' when it lies within ±{MARGIN:g} points; "
                "not reproduced when it lies wholly on the other side; inconclusive otherwise.")
     margin = sc.question_margin()

@@ -15,7 +15,7 @@ import yaml
 from .. import cli
 from ..grid.recipe import has_pretraining
 from ..grid.variants import (DESCRIPTIONS, PRETRAINING_TABLES, own_modes, pdrop_inference_path, table_points,
-                             vtp_inference_paths)
+                             trained_for, vtp_inference_paths)
 from ..modes import PDROP_MODE
 from .collect import Scorer, metrics, sft_only_note, vtp_metrics
 from .stats import Stat, diff, stat
@@ -125,15 +125,16 @@ def build(cfg: dict, name: str) -> tuple[pd.DataFrame, str]:
                    f"method and p, with the isolator) and pruned inference without the isolator (the same evaluation "
                    f"as pruned for a run that trained no isolator). {REL} {SEEDS} {paper}")
     elif name in ("ablation", "per_stage"):
+        pools = {kind: sc.pooled(pts, as_trained=kind) for kind in (True, False)}  # for one-seed rows, by kind
         prev = prev_pt = None
         for pt in pts:
             sp = sc.speed_stats(pt)
             cur = sc.rel_stat(pt)
             row = {"run": _label(pt), "what": DESCRIPTIONS[pt.variant], "seeds": _seeds(sc, pt)}
             row.update({f"{mode} %": sc.rel_stat(pt, mode) for mode in modes})
+            one = pt if cur.n < 2 else prev_pt
             if prev is not None:
-                one = (pt if cur.n < 2 else prev_pt, "normal")  # a one-seed row's spread: of its kind (Scorer.pooled)
-                row["Δ vs previous"] = diff(cur, prev, sc.pooled(pts, like=one)).fmt()
+                row["Δ vs previous"] = diff(cur, prev, pools[trained_for(one, "normal")]).fmt()
             else:
                 row["Δ vs previous"] = None
             row["speedup overall"] = sp["speedup_overall"]
