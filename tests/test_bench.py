@@ -53,3 +53,18 @@ def test_precision_bench_times_both_precisions_and_their_shares_of_the_peaks():
         assert 0 < case["share_of_fp32_peak"]["fp32"] < 1 and 0 < case["share_of_bf16_peak"]["bf16"] < 1
     # the LoRA step trains more than the frozen-LLM one: its FLOPs (the FLOPs model's) are larger
     assert res["cases"]["sft"]["gflop_per_step"] > res["cases"]["pretrain"]["gflop_per_step"]
+
+
+def test_mask_bench_times_both_builders_and_leaves_the_broadcast_one_installed():
+    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS
+
+    from dualspeed.bench.mask_cost import run as masks
+    from dualspeed.models import causal_mask
+
+    res = masks(rounds=1, burn_in=0, batch_size=2, text=8)
+    assert set(res["cases"]) == {"sft", "pretrain"}
+    for case in res["cases"].values():
+        ms = case["step_ms"]
+        assert ms["vmap"] > 0 and ms["broadcast"] > 0
+        assert case["broadcast_over_vmap"] == pytest.approx(ms["broadcast"] / ms["vmap"], abs=2e-3)
+    assert hasattr(ALL_MASK_ATTENTION_FUNCTIONS["sdpa"], causal_mask._INSTALLED)

@@ -5,6 +5,7 @@
     python -m dualspeed.bench flops --preset 7b-sft       the FLOPs model: compute-limit speedups, inference
     python -m dualspeed.bench flops --config config/llava15_7b.yaml
     python -m dualspeed.bench precision                   fp32 against bf16 autocast, the tiny training steps (CPU)
+    python -m dualspeed.bench masks                       transformers' vmap causal mask against the broadcast one (CPU)
     python -m dualspeed.bench throughput --ckpt runs/tiny/sft/.../hf    inference samples/s per inference mode
 
 Presets (dualspeed/bench/presets.py): tiny, tiny-next, 7b-pretrain, 7b-sft, next-7b-sft.
@@ -12,10 +13,10 @@ Presets (dualspeed/bench/presets.py): tiny, tiny-next, 7b-pretrain, 7b-sft, next
 from __future__ import annotations
 
 from .. import cli
-from . import flops_report, precision, step_time, throughput, vtp_cost
+from . import flops_report, mask_cost, precision, step_time, throughput, vtp_cost
 
 COMMANDS = {"step": step_time, "vtp": vtp_cost, "flops": flops_report, "throughput": throughput,
-            "precision": precision}
+            "precision": precision, "masks": mask_cost}
 
 
 def main(argv=None) -> int:

@@ -6,6 +6,7 @@ import torch
 from transformers import CLIPVisionConfig, LlamaConfig
 
 from ..config import RunConfig
+from ..models import causal_mask
 from ..models.build import llava_config
 from ..models.llava import DualSpeedLlava
 from ..train.freeze import set_trainable
@@ -23,6 +24,7 @@ def build(p: dict, device, dtype) -> DualSpeedLlava:
                              vision_feature_select_strategy="default")
     # initialise in place on the device, in the target dtype: a 7B model built on the CPU in fp32
     # would take minutes and 27 GB
+    causal_mask.install()  # as the training and evaluation processes build their masks
     default = torch.get_default_dtype()
     torch.set_default_dtype(dtype)
     try:

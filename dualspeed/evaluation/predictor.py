@@ -12,6 +12,7 @@ from PIL import Image
 from .. import vtp
 from ..data.conversation import IMAGE_TOKEN, build_prompt
 from ..data.images import check_aspect, default_aspect, process_image, stack_images
+from ..models import causal_mask
 from ..models import clip_text as clip_lib
 from ..models.checkpoint import load_exported, read_meta
 from ..models.prune import Prune
@@ -100,6 +101,7 @@ class Predictor:
             raise ValueError(f"unknown inference mode '{mode}'; choose one of {', '.join(INFERENCE_MODES)}")
         torch_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
         chosen = check_pruning(ckpt, [mode], method, ratio)  # before the checkpoint loads
+        causal_mask.install()
         self.model, self.tokenizer, self.processor, self.meta = load_exported(ckpt, torch_dtype, device)
         fs = self.meta.get("fastslow", {})
         # images are preprocessed as the checkpoint's last stage trained on them (LLaVA-1.5: padded to a

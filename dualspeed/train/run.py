@@ -20,7 +20,7 @@ from .. import provenance, vtp
 from ..config import BatchPlan, RunConfig, dump_config
 from ..data.check import checked_rows
 from ..data.dataset import Collator, LlavaDataset
-from ..models import clip_text
+from ..models import causal_mask, clip_text
 from ..models.build import load_components, reinit_projector
 from ..models.checkpoint import carry_extras, export_hf
 from ..models.llava import DualSpeedLlava
@@ -106,6 +106,7 @@ def run(cfg: RunConfig, force: bool = False) -> dict:
     dtype = torch.bfloat16 if (t.bf16 and torch.cuda.is_available()) else torch.float32
     if t.bf16 and not torch.cuda.is_available():
         cpu_bf16.fp32_attention()
+    causal_mask.install()
     llava, tokenizer, processor = load_components(cfg.model, dtype=dtype, seed=t.seed)
     d = cfg.data
     dataset = LlavaDataset(d.json, d.image_folder, tokenizer, processor, d.template, d.max_length,

@@ -11,6 +11,7 @@ from typing import Callable, Iterator
 import torch
 from tqdm import tqdm
 
+from ...models import causal_mask
 from .. import cpu_bf16
 from .config import StandinTrain
 
@@ -25,6 +26,7 @@ def lr_at(step: int, total: int, t: StandinTrain) -> float:
 def fit(model: torch.nn.Module, batches: Iterator, loss_fn: Callable, total: int, t: StandinTrain, out: Path,
         desc: str) -> dict:
     """Train for `total` steps over `batches` (an endless iterator); steps.csv holds every step."""
+    causal_mask.install()
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=t.lr, weight_decay=t.weight_decay, betas=(0.9, 0.95))
     model.train()
