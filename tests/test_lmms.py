@@ -137,3 +137,28 @@ def test_a_predictor_refuses_pruned_inference_without_a_p_on_a_run_that_never_pr
         Predictor(baseline_ckpt, mode="pruned")
     p = Predictor(baseline_ckpt, mode="pruned", ratio=0.75)
     assert (p.prune.method, p.prune.ratio) == ("divprune", 0.75)
+
+
+def test_each_task_folder_is_indexed_once_per_process(synth_dir, monkeypatch):
+    from lmms_eval.tasks import TaskManager
+
+    from dualspeed.evaluation.lmms import run as lmms_cli
+
+    write_tasks(synth_dir, TASKS)
+    folder = str(synth_dir / "lmms_tasks")
+    reference = TaskManager(include_path=folder)._task_index  # lmms-eval's own index, built as it builds it
+    walked = []
+    original = TaskManager._get_task_and_group
+
+    def counting(self, task_dir):
+        walked.append(task_dir)
+        return original(self, task_dir)
+
+    monkeypatch.setattr(TaskManager, "_get_task_and_group", counting)
+    monkeypatch.setattr(TaskManager, "_dualspeed_memo", None, raising=False)
+    lmms_cli._index_each_folder_once()
+    first, second = TaskManager(include_path=folder), TaskManager(include_path=folder)  # two modes of one job
+    assert first._task_index == second._task_index == reference
+    assert len(walked) == 2 and walked[1] == folder  # lmms-eval's own tasks, then ours: once each
+    first._task_index["synth_count"]["type"] = "edited"  # one manager's edit does not reach the next
+    assert TaskManager(include_path=folder)._task_index == reference
