@@ -61,7 +61,7 @@ def test_mask_bench_times_both_builders_and_leaves_the_broadcast_one_installed()
     from dualspeed.bench.mask_cost import run as masks
     from dualspeed.models import causal_mask
 
-    res = masks(rounds=1, burn_in=0, batch_size=2, text=8)
+    res = masks(rounds=1, burn_in=0, batch_size=2, lora_r=4, text=8)
     assert set(res["cases"]) == {"sft", "pretrain"}
     for case in res["cases"].values():
         ms = case["step_ms"]

@@ -35,17 +35,22 @@ def gemm_peak(dtype, n: int = 1024, reps: int = 10) -> float:
     return 2 * n**3 * reps / (time.perf_counter() - t0)
 
 
+def tiny_case(llm: str, batch_size: int, lora_r: int, text: int):
+    """-> (model, optimizer, batch): the tiny preset with `llm` frozen or LoRA-trained, in fp32 weights."""
+    p = {**PRESETS["tiny"], "llm": llm, "batch": batch_size, "text": text, "lora_r": lora_r}
+    model = build(p, "cpu", torch.float32)
+    opt = torch.optim.AdamW([q for q in model.parameters() if q.requires_grad], lr=1e-5)
+    return model, opt, batch(p, "cpu", torch.float32, torch.Generator().manual_seed(0))
+
+
 def run(rounds: int, burn_in: int, batch_size: int, lora_r: int, text: int) -> dict:
     setups = {}
     for case, llm in CASES.items():
-        p = {**PRESETS["tiny"], "llm": llm, "batch": batch_size, "text": text, "lora_r": lora_r}
-        model = build(p, "cpu", torch.float32)
-        opt = torch.optim.AdamW([q for q in model.parameters() if q.requires_grad], lr=1e-5)
+        model, opt, inputs = tiny_case(llm, batch_size, lora_r, text)
         shape, _, samples, _ = preset_case("tiny")  # the shapes; the setup and batch are this benchmark's own
         setup = flops.Setup(llm=llm, lora_r=lora_r, checkpointing=False)
         samples = [flops.Sample(text - 1, samples[0].visual, 1, 8)] * batch_size
-        setups[case] = (model, opt, batch(p, "cpu", torch.float32, torch.Generator().manual_seed(0)),
-                        flops.train_step(shape, setup, samples, "full").total)
+        setups[case] = (model, opt, inputs, flops.train_step(shape, setup, samples, "full").total)
     times = {(c, bf): [] for c in CASES for bf in (False, True)}
     for i in range(burn_in + rounds):
         for case, (model, opt, inputs, _) in setups.items():
@@ -67,8 +72,9 @@ def run(rounds: int, burn_in: int, batch_size: int, lora_r: int, text: int) -> d
     return out
 
 
-def add_arguments(ap) -> None:
-    ap.add_argument("--rounds", type=int, default=20, help="timed rounds (one step of every case, both precisions)")
+def add_arguments(ap, rounds: int = 20, each: str = "both precisions") -> None:
+    """The tiny steps' knobs, shared by the CPU benchmarks that time them side by side (precision, masks)."""
+    ap.add_argument("--rounds", type=int, default=rounds, help=f"timed rounds (one step of every case, {each})")
     ap.add_argument("--burn-in", type=int, default=3)
     ap.add_argument("--batch", type=int, default=8, help="samples per step (the tiny default's SFT batch)")
     ap.add_argument("--lora-r", type=int, default=16)
@@ -77,7 +83,7 @@ def add_arguments(ap) -> None:
     ap.add_argument("--out")
 
 
-def command(a) -> int:
+def command(a, run=run) -> int:
     torch.set_num_threads(a.threads)
     set_seed(0)
     res = run(a.rounds, a.burn_in, a.batch, a.lora_r, a.text)
