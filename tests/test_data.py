@@ -68,7 +68,7 @@ def test_dataset_items_have_pixels_only_with_images(synth_dir, tokenizer):
     assert kinds == {(True, True), (False, False)}
 
 
-def test_item_cache_gives_the_same_items_and_keeps_to_its_budget(synth_dir, tokenizer, monkeypatch):
+def test_item_cache_gives_the_same_items_and_only_holds_a_data_set_that_fits(synth_dir, tokenizer, monkeypatch):
     import torch
 
     from dualspeed.data import dataset as dataset_mod
@@ -77,14 +77,15 @@ def test_item_cache_gives_the_same_items_and_keeps_to_its_budget(synth_dir, toke
     fresh = LlavaDataset(*args)
     n = 40
     first = [fresh._read(i) for i in range(n)]
-    one = sum(t.numel() * t.element_size() for t in first[0].values())
-    monkeypatch.setattr(dataset_mod, "ITEM_CACHE_BYTES", 10 * one)
-    ds = LlavaDataset(*args)
-    for _ in range(2):  # the second pass reads from the cache where it holds the item
-        for i in range(n):
-            item = ds[i]
-            assert item.keys() == first[i].keys()
-            assert all(torch.equal(item[k], first[i][k]) for k in item)
-            item.pop("input_ids")  # a caller's edit of its dict leaves the cached item whole
-    assert 0 < len(ds._cache) < n and ds._cache_bytes <= 10 * one
-    assert all("input_ids" in it for it in ds._cache.values())
+    sizes = [sum(t.numel() * t.element_size() for t in it.values()) for it in first]
+    for budget, cached in ((sum(sizes), True), (sum(sizes[:n // 2]), False)):
+        monkeypatch.setattr(dataset_mod, "ITEM_CACHE_BYTES", budget)
+        ds = LlavaDataset(*args)
+        for _ in range(2):  # the second pass reads from the cache when the data set fits
+            for i in range(n):
+                item = ds[i]
+                assert item.keys() == first[i].keys()
+                assert all(torch.equal(item[k], first[i][k]) for k in item)
+                item.pop("input_ids")  # a caller's edit of its dict leaves a cached item whole
+        assert len(ds._cache) == (n if cached else 0) and ds._cache_bytes <= budget
+        assert all("input_ids" in it for it in ds._cache.values())

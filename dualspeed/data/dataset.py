@@ -13,8 +13,8 @@ from .samples import DataError, load_samples
 
 # An item is a pure function of its sample (no augmentation), and a small data set is read once an epoch: the tiny
 # recipe's stage 1 decodes, pads and normalises each of its 3,000 images six times (9% of its training loop in a
-# profile). The first ITEM_CACHE_BYTES of items are kept; LLaVA's own data sets are far larger (558k images of
-# 336 px), so past the budget items are read as before and memory stays bounded.
+# profile). A data set whose items fit in ITEM_CACHE_BYTES is kept in memory; at the first item past the budget the
+# cache is dropped for good, so LLaVA's own (558k images of 336 px) is read as before and holds no memory.
 ITEM_CACHE_BYTES = 256 << 20
 
 
@@ -31,6 +31,7 @@ class LlavaDataset(Dataset):
         self.image_aspect_ratio, self.plain_end, self.image_first = image_aspect_ratio, plain_end, image_first
         self._cache: dict[int, dict] = {}
         self._cache_bytes = 0
+        self._caching = True  # until an item does not fit
 
     def __len__(self):
         return len(self.rows)
@@ -48,8 +49,11 @@ class LlavaDataset(Dataset):
         if item is None:
             item = self._read(i)
             size = sum(t.numel() * t.element_size() for t in item.values())
-            if self._cache_bytes + size <= ITEM_CACHE_BYTES:
+            if self._caching and self._cache_bytes + size <= ITEM_CACHE_BYTES:
                 self._cache[i], self._cache_bytes = item, self._cache_bytes + size
+            elif self._caching:  # the data set does not fit whole: a part of it would not save an epoch's reads
+                self._cache.clear()
+                self._caching, self._cache_bytes = False, 0
         return dict(item)  # the collator copies the tensors into its batch; a new dict keeps the cached one whole
 
     def _read(self, i):
