@@ -6,12 +6,15 @@ call: 4.7% of the tiny recipe's whole SFT loop in a profile (py-spy, 300 steps, 
 generated token in evaluation. The plain causal mask with padding is `kv <= q` and the padding row, which
 broadcasting builds in two ops. Same mask, same dtype and shape, same `None` where SDPA's `is_causal` path
 applies, so the attention (and every run) is bit-for-bit what it was; `tests/test_causal_mask.py` compares the
-two builders. Any other mask function (sliding windows, packing, or-/and-masks) and every non-CPU tensor go to
-transformers' own builder.
+two builders. Only what `create_causal_mask` hands the builder for a plain causal mask on CPU tensors (a boolean
+padding mask over the whole batch) takes the broadcast path; any other mask function (sliding windows, packing,
+or-/and-masks), mask or device goes to transformers' own builder, and on a transformers whose builder is not the
+one this mirrors (`sdpa_mask_recent_torch`, torch >= 2.6) nothing is replaced.
 """
 from __future__ import annotations
 
 import torch
+from transformers import masking_utils
 from transformers.masking_utils import (ALL_MASK_ATTENTION_FUNCTIONS, _ignore_causal_mask_sdpa, causal_mask_function,
                                         prepare_padding_mask)
 
@@ -29,14 +32,16 @@ def broadcast_mask(batch_size: int, cache_position: torch.Tensor, kv_length: int
     kv = torch.arange(kv_length, device=cache_position.device) + kv_offset
     mask = (kv[None, :] <= cache_position[:, None])[None, None].expand(batch_size, 1, q_length, kv_length)
     if padding_mask is not None:
-        return mask & padding_mask[:, kv].to(torch.bool)[:, None, None, :]
-    return mask.contiguous()
+        return mask & padding_mask[:, kv][:, None, None, :]
+    return mask  # broadcast over the batch, as transformers' own is
 
 
 def _on_cpu(original):
     def sdpa_mask(batch_size, cache_position, kv_length, kv_offset=0, mask_function=causal_mask_function,
                   attention_mask=None, local_size=None, allow_is_causal_skip=True, **kwargs):
-        if mask_function is causal_mask_function and cache_position.device.type == "cpu":
+        if (mask_function is causal_mask_function and cache_position.device.type == "cpu"
+                and (attention_mask is None or (attention_mask.dtype == torch.bool
+                                                and attention_mask.shape[0] == batch_size))):
             return broadcast_mask(batch_size, cache_position, kv_length, kv_offset, attention_mask, local_size,
                                   allow_is_causal_skip)
         return original(batch_size=batch_size, cache_position=cache_position, kv_length=kv_length,
@@ -50,7 +55,7 @@ def _on_cpu(original):
 def install() -> None:
     """Build SDPA's causal masks by broadcasting on the CPU, in this process (idempotent)."""
     fn = ALL_MASK_ATTENTION_FUNCTIONS["sdpa"]
-    if not hasattr(fn, _INSTALLED):
+    if fn is getattr(masking_utils, "sdpa_mask_recent_torch", None):
         ALL_MASK_ATTENTION_FUNCTIONS["sdpa"] = _on_cpu(fn)
 
 
