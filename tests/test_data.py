@@ -81,11 +81,26 @@ def test_item_cache_gives_the_same_items_and_only_holds_a_data_set_that_fits(syn
     for budget, cached in ((sum(sizes), True), (sum(sizes[:n // 2]), False)):
         monkeypatch.setattr(dataset_mod, "ITEM_CACHE_BYTES", budget)
         ds = LlavaDataset(*args)
+        reads = []
+        read = ds._read
+        ds._read = lambda i: reads.append(i) or read(i)
         for _ in range(2):  # the second pass reads from the cache when the data set fits
             for i in range(n):
                 item = ds[i]
                 assert item.keys() == first[i].keys()
                 assert all(torch.equal(item[k], first[i][k]) for k in item)
                 item.pop("input_ids")  # a caller's edit of its dict leaves a cached item whole
+        assert len(reads) == (n if cached else 2 * n)
         assert len(ds._cache) == (n if cached else 0) and ds._cache_bytes <= budget
         assert all("input_ids" in it for it in ds._cache.values())
+
+
+def test_dataloader_workers_keep_no_item_cache(synth_dir, tokenizer):
+    from torch.utils.data import DataLoader
+
+    ds = LlavaDataset(synth_dir / "sft.json", synth_dir, tokenizer, tiny_image_processor(32))
+    # each worker returns the size of its copy's cache after reading its items: a worker starts afresh every epoch
+    loader = DataLoader(range(8), batch_size=4, num_workers=1,
+                        collate_fn=lambda idx: ([ds[i] for i in idx], len(ds._cache), ds._caching))
+    assert [(held, on) for _, held, on in loader] == [(0, False), (0, False)]
+    assert ds[0] and len(ds._cache) == 1  # the training process itself still keeps them

@@ -5,7 +5,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, get_worker_info
 
 from .conversation import IGNORE, build_prompt, image_first
 from .images import check_aspect, default_aspect, load_image, stack_images
@@ -14,7 +14,9 @@ from .samples import DataError, load_samples
 # An item is a pure function of its sample (no augmentation), and a small data set is read once an epoch: the tiny
 # recipe's stage 1 decodes, pads and normalises each of its 3,000 images six times (9% of its training loop in a
 # profile). A data set whose items fit in ITEM_CACHE_BYTES is kept in memory; at the first item past the budget the
-# cache is dropped for good, so LLaVA's own (558k images of 336 px) is read as before and holds no memory.
+# cache is dropped for good, so LLaVA's own (558k images of 336 px) is read as before, holding at most the budget
+# once. Only the training process caches: DataLoader workers (the 7B recipes' 4) start afresh every epoch, so a
+# worker's cache would be memory spent for no second read.
 ITEM_CACHE_BYTES = 256 << 20
 
 
@@ -49,6 +51,8 @@ class LlavaDataset(Dataset):
         if item is None:
             item = self._read(i)
             size = sum(t.numel() * t.element_size() for t in item.values())
+            if self._caching and get_worker_info() is not None:
+                self._caching = False
             if self._caching and self._cache_bytes + size <= ITEM_CACHE_BYTES:
                 self._cache[i], self._cache_bytes = item, self._cache_bytes + size
             elif self._caching:  # the data set does not fit whole: a part of it would not save an epoch's reads
