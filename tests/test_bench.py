@@ -66,5 +66,6 @@ def test_mask_bench_times_both_builders_and_leaves_the_broadcast_one_installed()
     for case in res["cases"].values():
         ms = case["step_ms"]
         assert ms["vmap"] > 0 and ms["broadcast"] > 0
-        assert case["broadcast_over_vmap"] == pytest.approx(ms["broadcast"] / ms["vmap"], abs=2e-3)
+        # the ratio is of the unrounded times; the ms are rounded to 0.01 of a few ms
+        assert case["broadcast_over_vmap"] == pytest.approx(ms["broadcast"] / ms["vmap"], abs=1e-2)
     assert hasattr(ALL_MASK_ATTENTION_FUNCTIONS["sdpa"], causal_mask._INSTALLED)

@@ -22,7 +22,7 @@ CASES = precision.CASES
 
 def run(rounds: int, burn_in: int, batch_size: int, lora_r: int, text: int) -> dict:
     setups = {}
-    for case, llm in precision.CASES.items():
+    for case, llm in CASES.items():
         model, opt, inputs = precision.tiny_case(llm, batch_size, lora_r, text)
         inputs["attention_mask"][0, -2:] = 0  # one padded sample, as every length-grouped batch has: a mask is built
         setups[case] = (model, opt, inputs)
@@ -31,13 +31,16 @@ def run(rounds: int, burn_in: int, batch_size: int, lora_r: int, text: int) -> d
         for i in range(burn_in + rounds):
             for case, (model, opt, inputs) in setups.items():
                 for builder in ("vmap", "broadcast"):
-                    causal_mask.install() if builder == "broadcast" else causal_mask.uninstall()
+                    if builder == "broadcast":
+                        causal_mask.install()
+                    else:
+                        causal_mask.uninstall()
                     t0 = time.perf_counter()
                     step(model, opt, inputs, "full", None, False, cpu_bf16_autocast=True)
                     if i >= burn_in:
                         times[case, builder].append(time.perf_counter() - t0)
     finally:
-        causal_mask.install()
+        causal_mask.install()  # as build() left it, and every training process has it
     out = {"threads": torch.get_num_threads(), "batch": batch_size, "text_tokens": text, "lora_r": lora_r, "rounds": rounds,
            "cases": {}}
     for case in CASES:
