@@ -54,12 +54,12 @@ def test_full_grid_dry_run_counts():
     n = dry("--configfile", "config/full.yaml")
     # 21 distinct rows: the default's 10, DualSpeed with the 5 other methods, 3 more p and 3 more r; 3 seeds for
     # the 16 rows of main, mismatch, ablation, per-stage and the sweeps, one for the method rows: 16 * 3 + 5; and
-    # the default's 4 more NaivePrune seeds
-    assert n["sft"] == 16 * 3 + 5 + 4 and n["evaluate"] == 57 and n["evaluate_vtp"] == 5
+    # NaivePrune's 8 more seeds (3-10: eleven, for its findings' +-8)
+    assert n["sft"] == 16 * 3 + 5 + 8 and n["evaluate"] == 61 and n["evaluate_vtp"] == 5
     assert n["evaluate_pdrop"] == 3 + 1  # PyramidDrop's three seeds, and the baseline's first training-free
     # seed 0: full, divprune p0.9 with and without the isolator, the 5 other methods, p 0.5/0.75/0.95, PyramidDrop
-    # (12); seeds 1 and 2: the same but the other methods (7 each); NaivePrune's at seeds 3-6
-    assert n["pretrain"] == 26 + 4
+    # (12); seeds 1 and 2: the same but the other methods (7 each); NaivePrune's at seeds 3-10
+    assert n["pretrain"] == 26 + 8
 
 
 def test_one_table_builds_only_its_runs():
