@@ -50,15 +50,17 @@ class LlavaDataset(Dataset):
         item = self._cache.get(i)
         if item is None:
             item = self._read(i)
-            size = sum(t.numel() * t.element_size() for t in item.values())
-            if self._caching and get_worker_info() is not None:
-                self._caching = False
-            if self._caching and self._cache_bytes + size <= ITEM_CACHE_BYTES:
-                self._cache[i], self._cache_bytes = item, self._cache_bytes + size
-            elif self._caching:  # the data set does not fit whole: a part of it would not save an epoch's reads
-                self._cache.clear()
-                self._caching, self._cache_bytes = False, 0
+            if self._caching:
+                self._keep(i, item)
         return dict(item)  # the collator copies the tensors into its batch; a new dict keeps the cached one whole
+
+    def _keep(self, i: int, item: dict) -> None:
+        size = sum(t.numel() * t.element_size() for t in item.values())
+        if get_worker_info() is None and self._cache_bytes + size <= ITEM_CACHE_BYTES:
+            self._cache[i], self._cache_bytes = item, self._cache_bytes + size
+        else:  # a worker, or a data set that does not fit whole: a part of it would not save an epoch's reads
+            self._cache.clear()
+            self._caching, self._cache_bytes = False, 0
 
     def _read(self, i):
         s = self.rows[i]
