@@ -15,9 +15,10 @@ import torch
 from PIL import Image
 
 from dualspeed import vtp
+from dualspeed.data.scenes import BACKGROUND
 from dualspeed.models.checkpoint import load_exported
 
-GREY, FAR = 0.47, 0.15  # the background's level (scenes.draw) and how far an object's colour is from it
+FAR = 0.15  # how far from the background's grey an object patch's mean colour is (the scenes' colours: 0.27 or more)
 
 
 def object_patches(img: Image.Image, side: int) -> tuple[np.ndarray, np.ndarray]:
@@ -27,7 +28,7 @@ def object_patches(img: Image.Image, side: int) -> tuple[np.ndarray, np.ndarray]
     means = a.reshape(side, p, side, p, 3).mean((1, 3))
     half = side // 2
     quad = np.array([(r // half) * 2 + c // half for r in range(side) for c in range(side)])
-    return (np.abs(means - GREY).max(-1) > FAR).reshape(-1), quad
+    return (np.abs(means - BACKGROUND).max(-1) > FAR).reshape(-1), quad
 
 
 def measure(ckpt: str, method: str, images: list[Image.Image], p: float) -> dict:

@@ -19,6 +19,7 @@ COLOURS = {
     "yellow": (230, 210, 40), "purple": (150, 60, 190), "orange": (240, 140, 30),
 }
 QUADRANTS = ["top left", "top right", "bottom left", "bottom right"]
+BACKGROUND = 0.47  # the grey of every image, in [0, 1]; its noise: SceneConfig.bg_noise
 NUMBERS = ["zero", "one", "two", "three", "four", "five"]
 # neutral filler: sentences that name no colour, place or number, so that a question about a scene has one answer
 # in its context however much text comes before the scene
@@ -69,7 +70,7 @@ def random_scene(rng: random.Random, cfg: SceneConfig, n: int | None = None) -> 
 def draw(rng: random.Random, nrng: np.random.Generator, cfg: SceneConfig, n: int | None = None):
     """One image and its scene, each object on object_cells x object_cells patches somewhere in its quadrant."""
     half = cfg.image_size // cfg.patch_size // 2
-    pix = np.clip(0.47 + cfg.bg_noise * nrng.standard_normal((cfg.image_size, cfg.image_size, 3)), 0, 1)
+    pix = np.clip(BACKGROUND + cfg.bg_noise * nrng.standard_normal((cfg.image_size, cfg.image_size, 3)), 0, 1)
     scene = random_scene(rng, cfg, n)
     ps, oc = cfg.patch_size, cfg.object_cells
     for c, quad in scene:
